@@ -1,0 +1,118 @@
+"""False-negative detection: which negatives a loss keeps, for every detection mode.
+
+Modes:
+  ``none``           keep every negative (plain contrastive loss).
+  ``glofnd``         learned per-sample threshold lambda_i (GloFND); update, then mask.
+  ``glofnd_shared``  one learned threshold for all samples (ablation).
+  ``fnd``            the mini-batch (1 - alpha) quantile of each anchor's negatives (the FND
+                     baseline: a batch estimate, no state).
+  ``oracle``         negatives with the anchor's label are removed (needs labels).
+
+A negative is kept when ``s <= threshold`` (ties are kept); the positive and the anchor itself
+are never kept and never flagged. Before ``start_mask`` every negative is kept, but the detector
+still runs (its flags are reported as diagnostics).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from glofnd_jax import thresholds as thr
+
+MODES = ("none", "fnd", "glofnd", "glofnd_shared", "oracle")
+LEARNED_MODES = ("glofnd", "glofnd_shared")
+
+
+def check_mode(mode: str) -> None:
+  if mode not in MODES:
+    raise ValueError(f"detection mode {mode!r} is unknown; choose one of {', '.join(MODES)}.")
+
+
+def keep_mask(sims: jax.Array, negatives: jax.Array, threshold_rows: jax.Array) -> jax.Array:
+  """``(R, B, C)`` bool: negatives with similarity ``<=`` the anchor's threshold ``(B,)``."""
+  return negatives & (sims <= threshold_rows[None, :, None])
+
+
+class Detection(NamedTuple):
+  """What a detector returns for one batch.
+
+  Attributes:
+    thresholds: new per-sample state (``None`` for stateless modes).
+    keep: ``(R, B, C)`` bool mask of negatives the loss uses this step.
+    below: ``(R, B, C)`` bool, what the detector would keep, whether or not the mask is active.
+    metrics: scalar diagnostics.
+  """
+
+  thresholds: thr.ThresholdState | None
+  keep: jax.Array
+  below: jax.Array
+  metrics: dict
+
+
+def detect(mode: str, sims: jax.Array, negatives: jax.Array, index: jax.Array, epoch,
+           config: thr.ThresholdConfig, state: thr.ThresholdState | None = None,
+           row_labels: jax.Array | None = None, col_labels: jax.Array | None = None) -> Detection:
+  """Update thresholds (learned modes) and compute the keep-mask, in the reference's order.
+
+  Args:
+    mode: one of :data:`MODES` (static).
+    sims: ``(R, B, C)`` similarities of the batch anchors (used without gradient).
+    negatives: ``(R, B, C)`` bool negative mask.
+    index: ``(B,)`` global dataset indices of the anchors.
+    epoch: scalar int epoch of the step.
+    config: threshold settings (alpha, start epochs, Adam settings).
+    state: per-sample thresholds for the learned modes.
+    row_labels, col_labels: ``(B,)`` and ``(C,)`` labels; required by ``oracle``, and when given
+      precision/recall of the flags are reported.
+
+  Returns:
+    A :class:`Detection`.
+  """
+  check_mode(mode)
+  sims = jax.lax.stop_gradient(sims)
+  epoch = jnp.asarray(epoch, jnp.int32)
+  metrics = {}
+  if mode == "none":
+    below = negatives
+  elif mode in LEARNED_MODES:
+    if state is None:
+      raise ValueError(f"detection mode {mode!r} needs a ThresholdState (init_thresholds).")
+    state, lam_rows = thr.update_thresholds(state, sims, negatives, index, epoch, config,
+                                            shared=mode == "glofnd_shared")
+    below = keep_mask(sims, negatives, lam_rows)
+    metrics["lambda_mean"] = jnp.mean(lam_rows)
+  elif mode == "fnd":
+    quantile = thr.batch_quantile(sims, negatives, 1.0 - config.alpha)
+    below = keep_mask(sims, negatives, quantile)
+  else:  # oracle
+    if row_labels is None or col_labels is None:
+      raise ValueError("detection mode 'oracle' needs labels: pass row_labels and col_labels.")
+    below = negatives & (col_labels[None, None, :] != row_labels[None, :, None])
+
+  mask_active = epoch >= config.start_mask
+  keep = jnp.where(mask_active, below, negatives)
+  metrics.update(diagnostics(sims, negatives, keep, below, config.alpha, row_labels, col_labels,
+                             with_quantile=mode != "none"))
+  return Detection(thresholds=state, keep=keep, below=below, metrics=metrics)
+
+
+def diagnostics(sims, negatives, keep, below, alpha, row_labels=None, col_labels=None,
+                with_quantile: bool = True) -> dict:
+  """Scalar metrics: kept fraction, flagged fraction, batch quantile, FN precision/recall."""
+  n_neg = jnp.maximum(jnp.sum(negatives), 1).astype(jnp.float32)
+  flagged = negatives & ~below
+  out = {
+      "kept_fraction": jnp.sum(keep) / n_neg,
+      "flagged_fraction": jnp.sum(flagged) / n_neg,
+  }
+  if with_quantile:
+    out["batch_quantile_mean"] = jnp.nanmean(thr.batch_quantile(sims, negatives, 1.0 - alpha))
+  if row_labels is not None and col_labels is not None:
+    same = negatives & (col_labels[None, None, :] == row_labels[None, :, None])
+    hits = jnp.sum(flagged & same).astype(jnp.float32)
+    out["fn_precision"] = hits / jnp.maximum(jnp.sum(flagged), 1)
+    out["fn_recall"] = hits / jnp.maximum(jnp.sum(same), 1)
+  return out

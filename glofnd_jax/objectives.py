@@ -1,0 +1,292 @@
+"""Detection + loss in one pure function: what a train step differentiates.
+
+:func:`unimodal_objective` (SogCLR or SimCLR on two views) and :func:`bimodal_objective`
+(FastCLIP v1/v3 on image-text pairs) run, in the authors' order, the threshold update, the mask,
+the ``u`` update and the loss. Both return ``loss, ObjectiveAux`` so that
+
+    (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(features, ...)
+
+gives the gradient and the new per-sample state in one call. Our trainers call exactly these
+functions, and the golden-vector tests replay the authors' step sequences through them.
+
+Several alphas at once: ``alphas=(a1, a2, ...)`` keeps one threshold state and one loss state per
+alpha (a tuple, one entry per alpha), computes each alpha's masked loss, and averages the losses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from glofnd_jax import detection
+from glofnd_jax import losses
+from glofnd_jax import similarity as sim
+from glofnd_jax import thresholds as thr
+
+sg = jax.lax.stop_gradient
+
+
+class ObjectiveAux(NamedTuple):
+  """Everything an objective returns besides the loss.
+
+  Attributes:
+    state: the new per-sample state (same type as the input state).
+    metrics: scalar diagnostics (kept fraction, mean lambda, batch quantile, FN precision/recall
+      when labels are given, ...). With several alphas, keys get an ``@alpha`` suffix.
+    per_anchor: ``(B,)`` or ``(R, B)`` arrays of the first alpha, for tests and analysis (kept
+      counts, flags below threshold, batch estimates). Unused outputs are removed by ``jax.jit``.
+  """
+
+  state: Any
+  metrics: dict
+  per_anchor: dict
+
+
+def _alpha_configs(base: thr.ThresholdConfig, alphas: tuple[float, ...]):
+  if not alphas:
+    return (base,)
+  return tuple(dataclasses.replace(base, alpha=float(a)) for a in alphas)
+
+
+def _merge_metrics(per_alpha: list[dict], configs) -> dict:
+  if len(per_alpha) == 1:
+    return per_alpha[0]
+  merged = {}
+  for metrics, config in zip(per_alpha, configs):
+    merged.update({f"{k}@{config.alpha:g}": v for k, v in metrics.items()})
+  return merged
+
+
+# ----------------------------------------------------------------------------- unimodal
+
+@dataclasses.dataclass(frozen=True)
+class UnimodalConfig:
+  """Static settings of the unimodal objective.
+
+  Attributes:
+    loss: ``"sogclr"`` or ``"simclr"``.
+    mode: detection mode, one of :data:`glofnd_jax.detection.MODES`.
+    thresholds: threshold learner settings (alpha, lr, start epochs, ...).
+    alphas: optional several alphas at once (overrides ``thresholds.alpha``); losses averaged.
+    temperature: T.
+    gamma: SogCLR moving-average rate.
+  """
+
+  loss: str = "sogclr"
+  mode: str = "glofnd"
+  thresholds: thr.ThresholdConfig = thr.ThresholdConfig()
+  alphas: tuple[float, ...] = ()
+  temperature: float = 0.1
+  gamma: float = 0.9
+
+  def __post_init__(self):
+    if self.loss not in losses.UNIMODAL_LOSSES:
+      raise ValueError(f"loss {self.loss!r} is unknown; choose one of "
+                       f"{', '.join(losses.UNIMODAL_LOSSES)}.")
+    detection.check_mode(self.mode)
+    if not self.temperature > 0:
+      raise ValueError(f"temperature={self.temperature!r} must be positive (e.g. 0.1).")
+    if not 0.0 < self.gamma <= 1.0:
+      raise ValueError(f"gamma={self.gamma!r} must lie in (0, 1] (SogCLR uses 0.9).")
+    _alpha_configs(self.thresholds, self.alphas)  # validates every alpha
+
+  @property
+  def threshold_configs(self) -> tuple[thr.ThresholdConfig, ...]:
+    return _alpha_configs(self.thresholds, self.alphas)
+
+
+@struct.dataclass
+class UnimodalState:
+  """Per-sample state, one entry per alpha: thresholds (learned modes only) and loss state."""
+
+  thresholds: tuple[thr.ThresholdState, ...] | None
+  loss: tuple[Any, ...]
+
+
+def init_unimodal_state(num_samples: int, config: UnimodalConfig) -> UnimodalState:
+  """Fresh per-sample state for ``num_samples`` samples (lambda = lam_init, moments and u = 0)."""
+  configs = config.threshold_configs
+  thresholds = None
+  if config.mode in detection.LEARNED_MODES:
+    size = 1 if config.mode == "glofnd_shared" else num_samples
+    thresholds = tuple(thr.init_thresholds(size, c) for c in configs)
+  if config.loss == "sogclr":
+    loss_state = tuple(losses.init_sogclr(num_samples) for _ in configs)
+  else:
+    loss_state = tuple(losses.SimCLRState() for _ in configs)
+  return UnimodalState(thresholds=thresholds, loss=loss_state)
+
+
+def unimodal_objective(h1: jax.Array, h2: jax.Array, index: jax.Array, state: UnimodalState,
+                       epoch, config: UnimodalConfig,
+                       labels: jax.Array | None = None) -> tuple[jax.Array, ObjectiveAux]:
+  """GloFND-masked SogCLR/SimCLR on one batch of two views.
+
+  Args:
+    h1, h2: ``(B, d)`` raw features of the two views (the loss normalises them).
+    index: ``(B,)`` int global dataset indices.
+    state: :class:`UnimodalState`.
+    epoch: scalar int epoch (may be traced).
+    config: :class:`UnimodalConfig` (static).
+    labels: optional ``(B,)`` class labels: needed by ``oracle``; enable FN precision/recall.
+
+  Returns:
+    ``loss, ObjectiveAux``; ``per_anchor`` has ``kept`` ``(2, B)`` (kept negatives per row) and
+    ``below`` ``(2, B)`` (negatives at or under the threshold).
+  """
+  batch = h1.shape[0]
+  sims = sim.unimodal_similarities(sim.l2_normalize(sg(h1)), sim.l2_normalize(sg(h2)))
+  negatives = sim.unimodal_negatives(batch)
+  col_labels = None if labels is None else jnp.concatenate([labels, labels])
+  loss_fn = losses.UNIMODAL_LOSSES[config.loss]
+
+  total, new_thresholds, new_loss_states, per_alpha, per_anchor = 0.0, [], [], [], {}
+  for k, tconfig in enumerate(config.threshold_configs):
+    found = detection.detect(config.mode, sims, negatives, index, epoch, tconfig,
+                             None if state.thresholds is None else state.thresholds[k],
+                             labels, col_labels)
+    loss, (loss_state, loss_metrics) = loss_fn(h1, h2, index, state.loss[k], found.keep,
+                                               temperature=config.temperature, gamma=config.gamma)
+    total = total + loss
+    new_thresholds.append(found.thresholds)
+    new_loss_states.append(loss_state)
+    per_alpha.append({"loss": loss, **found.metrics, **loss_metrics})
+    if k == 0:
+      per_anchor = {"kept": jnp.sum(found.keep, axis=-1), "below": jnp.sum(found.below, axis=-1)}
+
+  new_state = UnimodalState(
+      thresholds=None if state.thresholds is None else tuple(new_thresholds),
+      loss=tuple(new_loss_states))
+  loss = total / len(config.threshold_configs)
+  metrics = _merge_metrics(per_alpha, config.threshold_configs)
+  metrics["loss"] = loss
+  return loss, ObjectiveAux(new_state, metrics, per_anchor)
+
+
+# ----------------------------------------------------------------------------- bimodal
+
+@dataclasses.dataclass(frozen=True)
+class BimodalConfig:
+  """Static settings of the FastCLIP objective.
+
+  Attributes:
+    version: ``"v1"`` (constant temperature, FastCLIP-v1 / bimodal SogCLR) or ``"v3"``
+      (learnable global temperature, ``multiply_tau``).
+    mode: detection mode.
+    thresholds: threshold settings, shared by the image-anchor and text-anchor thresholds.
+    alphas: optional several alphas at once.
+    rho: v3's rho.
+    eps: added to ``u`` in the loss (1e-14).
+    gamma_min, gamma_decay_epochs, gamma_schedule: the ``u`` rate schedule.
+  """
+
+  version: str = "v3"
+  mode: str = "glofnd"
+  thresholds: thr.ThresholdConfig = thr.ThresholdConfig(alpha=1e-3, eps=1e-14)
+  alphas: tuple[float, ...] = ()
+  rho: float = 6.5
+  eps: float = 1e-14
+  gamma_min: float = 0.2
+  gamma_decay_epochs: int = 18
+  gamma_schedule: str = "cosine"
+
+  def __post_init__(self):
+    if self.version not in ("v1", "v3"):
+      raise ValueError(f"version {self.version!r} is unknown; use 'v1' or 'v3'.")
+    detection.check_mode(self.mode)
+    if not 0.0 < self.gamma_min <= 1.0:
+      raise ValueError(f"gamma_min={self.gamma_min!r} must lie in (0, 1].")
+    if self.gamma_schedule not in ("cosine", "constant"):
+      raise ValueError(f"gamma_schedule={self.gamma_schedule!r}: use 'cosine' or 'constant'.")
+    _alpha_configs(self.thresholds, self.alphas)
+
+  @property
+  def threshold_configs(self) -> tuple[thr.ThresholdConfig, ...]:
+    return _alpha_configs(self.thresholds, self.alphas)
+
+
+@struct.dataclass
+class BimodalState:
+  """Per-sample state per alpha: image-anchor and text-anchor thresholds, FastCLIP ``u``."""
+
+  thresholds_img: tuple[thr.ThresholdState, ...] | None
+  thresholds_txt: tuple[thr.ThresholdState, ...] | None
+  loss: tuple[losses.FastCLIPState, ...]
+
+
+def init_bimodal_state(num_samples: int, config: BimodalConfig) -> BimodalState:
+  configs = config.threshold_configs
+  img = txt = None
+  if config.mode in detection.LEARNED_MODES:
+    size = 1 if config.mode == "glofnd_shared" else num_samples
+    img = tuple(thr.init_thresholds(size, c) for c in configs)
+    txt = tuple(thr.init_thresholds(size, c) for c in configs)
+  return BimodalState(thresholds_img=img, thresholds_txt=txt,
+                      loss=tuple(losses.init_fastclip(num_samples) for _ in configs))
+
+
+def bimodal_objective(img: jax.Array, txt: jax.Array, index_img: jax.Array, index_txt: jax.Array,
+                      state: BimodalState, epoch, logit_scale, config: BimodalConfig,
+                      labels: jax.Array | None = None) -> tuple[jax.Array, ObjectiveAux]:
+  """GloFND-masked FastCLIP on one batch of image-text pairs.
+
+  Args:
+    img, txt: ``(B, d)`` raw image and text features.
+    index_img, index_txt: ``(B,)`` global indices (image thresholds/u by image index, text by
+      text index).
+    state: :class:`BimodalState`.
+    epoch: scalar int epoch (gamma comes from the schedule at this epoch).
+    logit_scale: 1 / temperature (differentiate through it for v3).
+    config: :class:`BimodalConfig`.
+    labels: optional ``(B,)`` classes for ``oracle`` and FN precision/recall.
+
+  Returns:
+    ``loss, ObjectiveAux``; ``per_anchor`` holds ``kept_img/kept_txt`` (the loss divisors),
+    ``below_img/below_txt``, ``mask_img/mask_txt`` ``(B, B)`` and ``g_img/g_txt``.
+  """
+  batch = img.shape[0]
+  gamma = losses.cosine_gamma(epoch, config.gamma_min, config.gamma_decay_epochs,
+                              config.gamma_schedule)
+  s_img, s_txt = sim.bimodal_similarities(sim.l2_normalize(sg(img)), sim.l2_normalize(sg(txt)))
+  negatives = sim.bimodal_negatives(batch)
+
+  total, new_img, new_txt, new_loss, per_alpha, per_anchor = 0.0, [], [], [], [], {}
+  for k, tconfig in enumerate(config.threshold_configs):
+    learned = state.thresholds_img is not None
+    found_img = detection.detect(config.mode, s_img, negatives, index_img, epoch, tconfig,
+                                 state.thresholds_img[k] if learned else None, labels, labels)
+    found_txt = detection.detect(config.mode, s_txt, negatives, index_txt, epoch, tconfig,
+                                 state.thresholds_txt[k] if learned else None, labels, labels)
+    loss, (loss_state, loss_metrics) = losses.fastclip_loss(
+        img, txt, index_img, index_txt, state.loss[k], found_img.keep, found_txt.keep,
+        logit_scale=logit_scale, gamma=gamma, version=config.version, rho=config.rho,
+        eps=config.eps)
+    total = total + loss
+    new_img.append(found_img.thresholds)
+    new_txt.append(found_txt.thresholds)
+    new_loss.append(loss_state)
+    metrics = {"loss": loss, "u_img_mean": loss_metrics["u_img_mean"],
+               "u_txt_mean": loss_metrics["u_txt_mean"]}
+    metrics.update({f"img/{n}": v for n, v in found_img.metrics.items()})
+    metrics.update({f"txt/{n}": v for n, v in found_txt.metrics.items()})
+    per_alpha.append(metrics)
+    if k == 0:
+      per_anchor = {
+          "kept_img": jnp.sum(found_img.keep[0], -1), "kept_txt": jnp.sum(found_txt.keep[0], -1),
+          "below_img": jnp.sum(found_img.below[0], -1),
+          "below_txt": jnp.sum(found_txt.below[0], -1),
+          "mask_img": found_img.keep[0], "mask_txt": found_txt.keep[0],
+          "g_img": loss_metrics["g_img"], "g_txt": loss_metrics["g_txt"]}
+
+  learned = state.thresholds_img is not None
+  new_state = BimodalState(thresholds_img=tuple(new_img) if learned else None,
+                           thresholds_txt=tuple(new_txt) if learned else None,
+                           loss=tuple(new_loss))
+  loss = total / len(config.threshold_configs)
+  metrics = _merge_metrics(per_alpha, config.threshold_configs)
+  metrics.update({"loss": loss, "gamma": gamma, "logit_scale": sg(jnp.asarray(logit_scale))})
+  return loss, ObjectiveAux(new_state, metrics, per_anchor)
