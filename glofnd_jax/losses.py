@@ -116,8 +116,9 @@ class FastCLIPState:
 
 
 def init_fastclip(num_samples: int) -> FastCLIPState:
-  zeros = jnp.zeros((num_samples,), jnp.float32)
-  return FastCLIPState(u_img=zeros, u_txt=zeros)
+  # Two buffers, not one shared array: the train state is donated to jit.
+  return FastCLIPState(u_img=jnp.zeros((num_samples,), jnp.float32),
+                       u_txt=jnp.zeros((num_samples,), jnp.float32))
 
 
 def cosine_gamma(epoch, gamma_min: float, decay_epochs: int, schedule: str = "cosine"):

@@ -110,9 +110,10 @@ def scale_by_rowwise_adam(b1: float, b2: float, eps: float,
   """
 
   def init_fn(params):
-    zeros = jnp.zeros_like(params, dtype=jnp.float32)
+    # Separate buffers (not one shared zeros array): the train state is donated to jit.
     count = jnp.zeros(jnp.shape(params), jnp.int32) if per_sample_steps else None
-    return RowAdamState(mu=zeros, nu=zeros, count=count)
+    return RowAdamState(mu=jnp.zeros_like(params, dtype=jnp.float32),
+                        nu=jnp.zeros_like(params, dtype=jnp.float32), count=count)
 
   def update_fn(updates, state, params=None, *, epoch=None, **extra_args):
     del params, extra_args
