@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/glofnd-jax demo
+	$(VENV)/bin/glofnd-jax train --config configs/digits_sogclr_glofnd.py --workdir workdir/digits_sogclr_glofnd
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

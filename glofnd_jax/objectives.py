@@ -122,8 +122,8 @@ def init_unimodal_state(num_samples: int, config: UnimodalConfig) -> UnimodalSta
 
 
 def unimodal_objective(h1: jax.Array, h2: jax.Array, index: jax.Array, state: UnimodalState,
-                       epoch, config: UnimodalConfig,
-                       labels: jax.Array | None = None) -> tuple[jax.Array, ObjectiveAux]:
+                       epoch, config: UnimodalConfig, labels: jax.Array | None = None,
+                       constrain_rows=None) -> tuple[jax.Array, ObjectiveAux]:
   """GloFND-masked SogCLR/SimCLR on one batch of two views.
 
   Args:
@@ -133,14 +133,18 @@ def unimodal_objective(h1: jax.Array, h2: jax.Array, index: jax.Array, state: Un
     epoch: scalar int epoch (may be traced).
     config: :class:`UnimodalConfig` (static).
     labels: optional ``(B,)`` class labels: needed by ``oracle``; enable FN precision/recall.
+    constrain_rows: optional ``f(x) -> x`` applied to the ``(R, B, C)`` similarity rows and
+      negative mask, e.g. :func:`glofnd_jax.mesh.constrain_similarity_rows` in a sharded step
+      (each device then builds only its anchors' rows of the mask). No effect on the numbers.
 
   Returns:
     ``loss, ObjectiveAux``; ``per_anchor`` has ``kept`` ``(2, B)`` (kept negatives per row) and
     ``below`` ``(2, B)`` (negatives at or under the threshold).
   """
   batch = h1.shape[0]
-  sims = sim.unimodal_similarities(sim.l2_normalize(sg(h1)), sim.l2_normalize(sg(h2)))
-  negatives = sim.unimodal_negatives(batch)
+  rows = constrain_rows or (lambda x: x)
+  sims = rows(sim.unimodal_similarities(sim.l2_normalize(sg(h1)), sim.l2_normalize(sg(h2))))
+  negatives = rows(sim.unimodal_negatives(batch))
   col_labels = None if labels is None else jnp.concatenate([labels, labels])
   loss_fn = losses.UNIMODAL_LOSSES[config.loss]
 
@@ -231,7 +235,8 @@ def init_bimodal_state(num_samples: int, config: BimodalConfig) -> BimodalState:
 
 def bimodal_objective(img: jax.Array, txt: jax.Array, index_img: jax.Array, index_txt: jax.Array,
                       state: BimodalState, epoch, logit_scale, config: BimodalConfig,
-                      labels: jax.Array | None = None) -> tuple[jax.Array, ObjectiveAux]:
+                      labels: jax.Array | None = None,
+                      constrain_rows=None) -> tuple[jax.Array, ObjectiveAux]:
   """GloFND-masked FastCLIP on one batch of image-text pairs.
 
   Args:
@@ -243,6 +248,8 @@ def bimodal_objective(img: jax.Array, txt: jax.Array, index_img: jax.Array, inde
     logit_scale: 1 / temperature (differentiate through it for v3).
     config: :class:`BimodalConfig`.
     labels: optional ``(B,)`` classes for ``oracle`` and FN precision/recall.
+    constrain_rows: optional ``f(x) -> x`` applied to the ``(1, B, B)`` similarity rows and
+      negative mask (see :func:`unimodal_objective`). No effect on the numbers.
 
   Returns:
     ``loss, ObjectiveAux``; ``per_anchor`` holds ``kept_img/kept_txt`` (the loss divisors),
@@ -251,8 +258,9 @@ def bimodal_objective(img: jax.Array, txt: jax.Array, index_img: jax.Array, inde
   batch = img.shape[0]
   gamma = losses.cosine_gamma(epoch, config.gamma_min, config.gamma_decay_epochs,
                               config.gamma_schedule)
+  rows = constrain_rows or (lambda x: x)
   s_img, s_txt = sim.bimodal_similarities(sim.l2_normalize(sg(img)), sim.l2_normalize(sg(txt)))
-  negatives = sim.bimodal_negatives(batch)
+  s_img, s_txt, negatives = rows(s_img), rows(s_txt), rows(sim.bimodal_negatives(batch))
 
   total, new_img, new_txt, new_loss, per_alpha, per_anchor = 0.0, [], [], [], [], {}
   for k, tconfig in enumerate(config.threshold_configs):

@@ -1,0 +1,51 @@
+"""The paper's unimodal recipe: SogCLR + GloFND on ImageNet-100 with a ResNet-50.
+
+ResNet-50 (ImageNet stem), 200 epochs, global batch 128, LARS lr 0.075 with sqrt scaling
+(0.075 * sqrt(128)), 10 warmup epochs, weight decay 1e-6, T 0.1, gamma 0.9, alpha 0.01, lambda
+lr 0.05, GloFND from epoch 70. Needs TFDS ``imagenet2012`` prepared in ArrayRecord format in
+``data.data_dir``; the 100 classes are those of ``glofnd_jax/data_files/imagenet100_classes.txt``.
+
+  glofnd-jax train --config configs/imagenet100_sogclr_glofnd.py --workdir gs://BUCKET/run \
+      --config.data.data_dir=gs://BUCKET/tfds
+"""
+
+from glofnd_jax import config_lib
+
+
+def get_config():
+  c = config_lib.base_config()
+  c.data.name = "imagenet100"
+  c.data.train_split = "train"
+  c.data.val_split = ""  # hold out eval.val_fraction of train for probe model selection
+  c.data.test_split = "validation"
+  c.data.image_size = 256  # decoded and resized in the grain workers; crops are 224
+  c.data.channels = 3
+  c.data.read_threads = 8
+  c.augment.kind = "simclr"
+  c.augment.crop_size = 224
+  c.model.name = "resnet50"
+  c.model.stem = "imagenet"
+  c.model.proj_dim = 128
+  c.model.proj_hidden_dim = 2048
+  c.model.dtype = "bfloat16"
+  c.batch_size = 128
+  c.epochs = 200
+  c.loss.name = "sogclr"
+  c.loss.temperature = 0.1
+  c.loss.gamma = 0.9
+  c.glofnd.mode = "glofnd"
+  c.glofnd.alpha = 0.01
+  c.glofnd.lr = 0.05
+  c.glofnd.start_update_epoch = 70
+  c.glofnd.start_mask_epoch = 70
+  c.optim.name = "lars"
+  c.optim.lr = 0.075
+  c.optim.lr_scaling = "sqrt"
+  c.optim.warmup_epochs = 10
+  c.optim.weight_decay = 1e-6
+  c.log_every_steps = 100
+  c.checkpoint_every_steps = 2000
+  c.eval.knn_k = 200
+  c.eval.probe_fractions = (1.0, 0.1, 0.01, 0.001)
+  c.eval.batch_size = 512
+  return c

@@ -1,0 +1,116 @@
+"""Multi-process (multi-host) runs: start-up and feeding each process's slice of the batch.
+
+Every process runs the same program on a global mesh (``jax.devices()`` lists all processes'
+devices). Each loads only the batch rows its own devices hold (:func:`local_batch_rows`) and
+assembles them into one global array (:func:`global_batch_from_local`). Dataset indices in the
+batch are always global, so the per-sample state is addressed the same way on every process.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from glofnd_jax import mesh as mesh_lib
+
+
+def detected_launcher(environ: Mapping[str, str] | None = None) -> str | None:
+  """Name of a multi-process launcher found in the environment, or ``None``.
+
+  Recognised: ``JAX_COORDINATOR_ADDRESS`` (explicit), SLURM with more than one task, Open MPI
+  with more than one rank, and Cloud TPU VMs (GKE/multislice variables, or libtpu installed:
+  jax then reads the worker list from the TPU metadata). A single SLURM task is not treated as
+  distributed: jax would pin it to one GPU (``SLURM_LOCALID``) and hide the others.
+  """
+  env = os.environ if environ is None else environ
+  if env.get("JAX_COORDINATOR_ADDRESS"):
+    return "coordinator"
+  slurm = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID")
+  if all(name in env for name in slurm) and int(env["SLURM_NTASKS"]) > 1:
+    return "slurm"
+  if "OMPI_MCA_orte_hnp_uri" in env and int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
+    return "openmpi"
+  tpu = ("TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES", "MEGASCALE_COORDINATOR_ADDRESS")
+  if any(env.get(name) for name in tpu):
+    return "tpu"
+  if environ is None and importlib.util.find_spec("libtpu") is not None:
+    return "tpu-vm"
+  return None
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None, **kwargs) -> bool:
+  """Start ``jax.distributed`` when this is a multi-process run; call first thing in ``main``.
+
+  * Explicit arguments (local runs, custom launchers): passed to
+    ``jax.distributed.initialize``; ``num_processes=1`` without a coordinator is a no-op.
+  * No arguments: a launcher from :func:`detected_launcher` (TPU pod, SLURM, Open MPI,
+    ``JAX_COORDINATOR_ADDRESS``) lets jax fill in everything; otherwise a no-op (one process).
+
+  Extra keyword arguments (``local_device_ids``, ``initialization_timeout``, ...) go to
+  ``jax.distributed.initialize``. Safe to call twice.
+
+  Returns:
+    True when the run spans several processes.
+  """
+  if jax.distributed.is_initialized():
+    return jax.process_count() > 1
+  explicit = (coordinator_address, num_processes, process_id)
+  if any(value is not None for value in explicit):
+    if num_processes == 1 and coordinator_address is None:
+      return False
+    jax.distributed.initialize(coordinator_address, num_processes, process_id, **kwargs)
+    return jax.process_count() > 1
+  launcher = detected_launcher()
+  if launcher is None:
+    return False
+  try:
+    jax.distributed.initialize(**kwargs)
+  except ValueError:
+    if launcher != "tpu-vm":
+      raise
+    return False  # libtpu installed but no TPU pod metadata: a single process
+  return jax.process_count() > 1
+
+
+def local_batch_rows(global_batch: int, mesh: Mesh) -> slice:
+  """The contiguous rows of a ``(global_batch, ...)`` batch that this process's devices hold.
+
+  A data loader on each process reads exactly these rows of the global batch (e.g. process p of
+  P reads ``[p * B / P, (p + 1) * B / P)`` for the usual device order).
+  """
+  mesh_lib.check_global_batch(global_batch, mesh)
+  sharding = mesh_lib.batch_sharding(mesh)
+  starts, stops = [], []
+  for index in sharding.addressable_devices_indices_map((global_batch,)).values():
+    rows = index[0]
+    starts.append(rows.start or 0)
+    stops.append(global_batch if rows.stop is None else rows.stop)
+  start, stop = min(starts), max(stops)
+  covered = sum(b - a for a, b in set(zip(starts, stops)))
+  if covered != stop - start:
+    raise ValueError("this process's devices hold non-contiguous batch rows; build the mesh with "
+                     "glofnd_jax.mesh.make_mesh() so each process owns one contiguous block.")
+  return slice(start, stop)
+
+
+def global_batch_from_local(local_batch: Any, mesh: Mesh) -> Any:
+  """Assemble each process's rows into global ``(B, ...)`` arrays sharded over ``data``.
+
+  Args:
+    local_batch: pytree (e.g. dict) of host arrays ``(B / P, ...)``: this process's rows of the
+      global batch (:func:`local_batch_rows`), with **global** dataset indices.
+    mesh: the global mesh.
+
+  Returns:
+    The same pytree of global ``jax.Array`` (leading dim B), ready for the train step. With one
+    process this is a plain sharded ``device_put``.
+  """
+  sharding = mesh_lib.batch_sharding(mesh)
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)

@@ -1,0 +1,95 @@
+"""End-of-run evaluation of a trained unimodal model (``glofnd-jax eval`` and after training).
+
+With the frozen encoder on un-augmented images (:func:`glofnd_jax.augment.eval_view`):
+weighted kNN and linear probes (label fractions, C chosen on the validation split) on backbone
+features; false-negative precision/recall of the learned thresholds ``s_ij > lambda_i`` and the
+error of lambda against the exact dataset-wide (1 - alpha) quantile, both on projection
+features (the space lambda lives in) of the training split; and the detector's precision/recall
+during the last training epoch (any mode). Nothing is selected on the test split. Writes
+``results.json`` and prints the table.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import jax
+
+from glofnd_jax import augment as augment_lib
+from glofnd_jax import data
+from glofnd_jax import evaluate as ev
+from glofnd_jax.metrics_writer import read_metrics
+from glofnd_jax.models.encoder import Encoder
+
+
+def _features(run, state, source):
+  """Backbone features, projections, labels of every record of ``source`` (source order)."""
+  c = run.config
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+
+  @jax.jit
+  def embed(images):
+    views = augment_lib.eval_view(images, run.augment)
+    return run.model.apply(variables, views, train=False, method=Encoder.features_and_projections)
+
+  iterator = data.make_iterator(source, global_batch_size=c.eval.batch_size, shuffle=False,
+                                drop_remainder=False, num_epochs=1, image_size=c.data.image_size,
+                                channels=c.data.channels, process_index=0, process_count=1)
+  feats, projs, labels, index = [], [], [], []
+  for batch in iterator:
+    keep = batch["index"] >= 0  # the last batch is padded with index -1
+    h, z = jax.device_get(embed(batch["image"]))
+    feats.append(h[keep])
+    projs.append(z[keep])
+    labels.append(batch["label"][keep])
+    index.append(batch["index"][keep])
+  order = np.argsort(np.concatenate(index))
+  return (np.concatenate(feats)[order], np.concatenate(projs)[order],
+          np.concatenate(labels)[order])
+
+
+def _last_epoch_detector(run) -> dict:
+  rows = [r for r in read_metrics(run.workdir) if "fn_precision" in r]
+  tail = [r for r in rows if r["step"] > rows[-1]["step"] - run.steps_per_epoch] if rows else []
+  if not tail:
+    return {}
+  return {key: float(np.mean([r[key] for r in tail])) for key in
+          ("fn_precision", "fn_recall", "kept_fraction", "flagged_fraction") if key in tail[0]}
+
+
+def evaluate_run(run, state) -> dict:
+  """Evaluate ``state`` of ``run`` (a :class:`glofnd_jax.train.Run`); write and print results."""
+  c = run.config
+  train_h, train_z, train_y = _features(run, state, run.source)
+  test_h, _, test_y = _features(run, state, run.open_split(c.data.test_split))
+  val = {}
+  if c.data.val_split:
+    val_h, _, val_y = _features(run, state, run.open_split(c.data.val_split))
+    val = {"val_features": val_h, "val_labels": val_y}
+  else:
+    val = {"val_fraction": c.eval.val_fraction}
+
+  knn = ev.knn_classify(train_h, train_y, test_h, test_y, k=c.eval.knn_k,
+                        temperature=c.eval.knn_temperature)
+  probe = ev.linear_probe_fractions(train_h, train_y, test_h, test_y,
+                                    fractions=tuple(c.eval.probe_fractions), seed=c.seed, **val)
+  false_negatives, lam_error = None, None
+  if c.glofnd.mode in ("glofnd", "glofnd_shared"):
+    lam = np.asarray(jax.device_get(state.per_sample.thresholds[0].lam))
+    lam = np.broadcast_to(lam, (run.num_samples,)) if lam.shape == (1,) else lam[:run.num_samples]
+    anchors = None
+    if run.num_samples > c.eval.max_quantile_samples:
+      rng = np.random.default_rng(c.seed)
+      anchors = np.sort(rng.choice(run.num_samples, c.eval.max_quantile_samples, replace=False))
+    false_negatives = ev.false_negative_precision_recall(train_z, train_y, lam, anchors=anchors)
+    if c.eval.quantile and anchors is None:
+      exact = ev.dataset_quantile(train_z, c.glofnd.alpha)
+      lam_error = ev.lambda_error(lam, exact)
+  results = ev.build_results(
+      knn=knn, linear_probe=probe, false_negatives=false_negatives, lambda_error=lam_error,
+      meta={"config": c.to_dict(), "num_train": int(len(train_y)),
+            "num_test": int(len(test_y)), "train_detector_last_epoch": _last_epoch_detector(run)})
+  if jax.process_index() == 0:
+    ev.write_results(results, run.workdir)
+    print(ev.format_table(results))
+  return results

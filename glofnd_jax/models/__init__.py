@@ -1,0 +1,14 @@
+"""Networks (Flax Linen): backbones, the SimCLR projection head, and the encoder combining them.
+
+* :mod:`~glofnd_jax.models.resnet`     ResNet-18 / ResNet-50, CIFAR or ImageNet stem.
+* :mod:`~glofnd_jax.models.small_cnn`  a small CNN for 8x8 digits.
+* :mod:`~glofnd_jax.models.heads`      projection head (last BN without scale/bias).
+* :mod:`~glofnd_jax.models.encoder`    backbone + head; ``features`` for evaluation.
+* :func:`get_model` / :func:`get_backbone`: the registry by name.
+"""
+
+from glofnd_jax.models.encoder import Encoder
+from glofnd_jax.models.heads import ProjectionHead
+from glofnd_jax.models.registry import BACKBONES, get_backbone, get_model
+from glofnd_jax.models.resnet import ResNet, ResNet18, ResNet50
+from glofnd_jax.models.small_cnn import SmallCNN
