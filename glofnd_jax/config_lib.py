@@ -16,6 +16,7 @@ from glofnd_jax import detection, objectives, thresholds
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
+  c.task = "unimodal"           # unimodal (SogCLR/SimCLR on images)
   c.seed = 0
   c.batch_size = 128           # global batch, over all devices and processes
   c.epochs = 100
