@@ -94,6 +94,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.quantile = True       # exact dataset-wide quantile and lambda error (datasets that fit)
   c.eval.max_quantile_samples = 50_000
   c.eval.batch_size = 256
+  # Transfer: logistic regression on other datasets' frozen features, as "name:train:test"
+  # (read like data.name, from data.data_dir, with the same image size), e.g.
+  # ("tfds:cifar100:train:test",). Model selection on a held-out part of their train split.
+  c.eval.transfer = ()
   return c
 
 

@@ -48,6 +48,19 @@ def _features(run, state, source):
           np.concatenate(labels)[order])
 
 
+def _transfer_spec(spec: str) -> tuple[str, str, str]:
+  parts = spec.rsplit(":", 2)
+  if len(parts) != 3 or not all(parts):
+    raise ValueError(f"config.eval.transfer entry {spec!r} must read 'name:train_split:test_split'"
+                     ", e.g. 'tfds:cifar100:train:test'.")
+  return parts[0], parts[1], parts[2]
+
+
+def _open(run, name: str, split: str):
+  d = run.config.data
+  return data.get_source(name, split, data_dir=d.data_dir or None, workdir=run.workdir)
+
+
 def _last_epoch_detector(run) -> dict:
   rows = [r for r in read_metrics(run.workdir) if "fn_precision" in r]
   tail = [r for r in rows if r["step"] > rows[-1]["step"] - run.steps_per_epoch] if rows else []
@@ -73,6 +86,13 @@ def evaluate_run(run, state) -> dict:
                         temperature=c.eval.knn_temperature)
   probe = ev.linear_probe_fractions(train_h, train_y, test_h, test_y,
                                     fractions=tuple(c.eval.probe_fractions), seed=c.seed, **val)
+  transfer = {}
+  for spec in c.eval.transfer:
+    name, train_split, test_split = _transfer_spec(spec)
+    x_train, _, y_train = _features(run, state, _open(run, name, train_split))
+    x_test, _, y_test = _features(run, state, _open(run, name, test_split))
+    transfer[name] = ev.transfer(x_train, y_train, x_test, y_test,
+                                 val_fraction=c.eval.val_fraction, seed=c.seed)
   false_negatives, lam_error = None, None
   if c.glofnd.mode in ("glofnd", "glofnd_shared"):
     lam = np.asarray(jax.device_get(state.per_sample.thresholds[0].lam))
@@ -86,7 +106,7 @@ def evaluate_run(run, state) -> dict:
       exact = ev.dataset_quantile(train_z, c.glofnd.alpha)
       lam_error = ev.lambda_error(lam, exact)
   results = ev.build_results(
-      knn=knn, linear_probe=probe, false_negatives=false_negatives, lambda_error=lam_error,
+      knn=knn, linear_probe=probe, transfer=transfer or None, false_negatives=false_negatives, lambda_error=lam_error,
       meta={"config": c.to_dict(), "num_train": int(len(train_y)),
             "num_test": int(len(test_y)), "train_detector_last_epoch": _last_epoch_detector(run)})
   if jax.process_index() == 0:

@@ -46,6 +46,7 @@ def tiny(config, *, epochs=2):
   c.eval.knn_k = 5
   c.eval.probe_fractions = (1.0, 0.25)
   c.eval.batch_size = 32
+  c.eval.transfer = ("synthetic:train:test",)
   return c
 
 
@@ -55,6 +56,7 @@ def test_every_config_trains_and_evaluates(path, tmp_path):
   results = train.train_and_evaluate(config, tmp_path)
   assert 0.0 <= results["knn"]["top1"] <= 1.0
   assert set(results["linear_probe"]) == {"1", "0.25"}
+  assert 0.0 <= results["transfer"]["synthetic"]["accuracy"] <= 1.0
   assert "precision" in results["false_negatives"]
   assert results["lambda_error"]["num_samples"] == 64
   saved = json.loads((tmp_path / "config.json").read_text())
