@@ -1,13 +1,16 @@
 """Train-step time vs dataset size N with the per-sample state sharded over 8 devices.
 
 Times the jitted, donated SogCLR + GloFND train step of ``glofnd_jax.train_step`` (tiny
-Dense-BatchNorm-Dense encoder, global batch 256) for N = 1e4 ... 1e7, on a mesh of 8 fake CPU
-devices and on a 1-device mesh, and reports the per-sample state's bytes per sample and per
-device. The step must cost O(batch): the largest N within 10% of the smallest. Sizes are
-timed round-robin (every repeat visits every N) so that load from other processes on the
-machine spreads evenly. Writes ``benchmarks/results/state_scaling.json``.
+Dense-BatchNorm-Dense encoder, global batch 256) for N = 1e4 ... 1e7, and 1e8 when the machine
+has the memory for it (``--max-n``), on a mesh of 8 fake CPU devices and on a 1-device mesh, and
+reports the per-sample state's bytes per sample and per device. Targets: the step costs
+O(batch), every N's step time within 5 % of the smallest N's (the median over repeats of the
+ratio within a repeat); the unimodal state is 16
+bytes per sample (f32 lambda, its two Adam moments, SogCLR's u), divided evenly across devices.
+Sizes are timed round-robin (every repeat visits every N) so that load from other processes on
+the machine spreads evenly. Writes ``benchmarks/results/state_scaling.json``.
 
-    python benchmarks/state_scaling.py [--quick]
+    python benchmarks/state_scaling.py [--quick] [--max-n 1e8] [--out FILE]
 """
 
 from __future__ import annotations
@@ -39,6 +42,34 @@ from glofnd_jax import train_step as ts  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).parent / "results"
 IN_DIM = 32
+FLAT_TOLERANCE = 0.05      # every N within 5 % of the smallest N
+BYTES_PER_SAMPLE = 16      # unimodal SogCLR + GloFND: lambda, two moments, u (f32 each)
+MEMORY_FACTOR = 4          # N is timed only if MemAvailable > 4 x its state bytes
+
+
+def available_memory_bytes() -> int | None:
+  """``MemAvailable`` from /proc/meminfo (None where there is no such file)."""
+  try:
+    for line in pathlib.Path("/proc/meminfo").read_text().splitlines():
+      if line.startswith("MemAvailable:"):
+        return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return None
+
+
+def sizes_for(max_n: int, quick: bool) -> tuple[list[int], list[int]]:
+  """The N to time (powers of ten from 1e4) and those skipped for lack of memory."""
+  if quick:
+    return [10**4, 10**6], []
+  sizes, skipped = [], []
+  available = available_memory_bytes()
+  n = 10**4
+  while n <= max_n:
+    fits = available is None or available > MEMORY_FACTOR * BYTES_PER_SAMPLE * n
+    (sizes if fits else skipped).append(n)
+    n *= 10
+  return sizes, skipped
 
 
 class TinyEncoder(nn.Module):
@@ -95,10 +126,14 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="N in {1e4, 1e6}, fewer steps (< 1 min)")
   parser.add_argument("--batch", type=int, default=256, help="global batch")
+  parser.add_argument("--max-n", type=float, default=1e8,
+                      help="largest N (powers of ten from 1e4; skipped if memory is short)")
   parser.add_argument("--out", type=pathlib.Path, default=None)
   args = parser.parse_args(argv)
-  sizes = [10**4, 10**6] if args.quick else [10**4, 10**5, 10**6, 10**7]
-  steps, repeats = (10, 3) if args.quick else (40, 7)
+  sizes, skipped = sizes_for(int(args.max_n), args.quick)
+  if skipped:
+    print(f"skipping N = {', '.join(f'{n:.0e}' for n in skipped)}: not enough free memory")
+  steps, repeats = (10, 3) if args.quick else (40, 9)
   out = args.out or RESULTS / ("state_scaling_quick.json" if args.quick else "state_scaling.json")
 
   meshes = {8: mesh_lib.make_mesh(), 1: mesh_lib.make_mesh(jax.devices()[:1])}
@@ -108,35 +143,56 @@ def main(argv=None):
     for _ in range(repeats):  # round-robin over N
       for n in sizes:
         runs[n]["times"].append(time_steps(runs[n], steps))
+    smallest = runs[sizes[0]]["times"]
     for n in sizes:
       run = runs[n]
+      median = statistics.median(run["times"])
+      # Paired by repeat (the sizes of one repeat ran back to back), then the median: robust to
+      # load from other processes that comes and goes between repeats.
+      paired = statistics.median(t / t0 for t, t0 in zip(run["times"], smallest))
       rows.append({"devices": devices, "N": n, "N_pad": run["padded"], "batch": args.batch,
-                   "ms_per_step_median": statistics.median(run["times"]),
+                   "ms_per_step_median": median,
                    "ms_per_step_min": min(run["times"]), "ms_per_step_max": max(run["times"]),
+                   "ms_per_step_all": run["times"], "ratio_to_smallest_n": paired,
                    "state_bytes_per_sample": run["bytes_per_sample"],
-                   "state_bytes_per_device": run["bytes_per_device"]})
+                   "state_bytes_per_device": run["bytes_per_device"],
+                   "bytes_as_expected": (
+                       run["bytes_per_sample"] == BYTES_PER_SAMPLE
+                       and run["bytes_per_device"] == BYTES_PER_SAMPLE * run["padded"] // devices)})
     del runs
 
-  ratios = {}
+  ratios, checks = {}, {}
   for devices in meshes:
     own = [r for r in rows if r["devices"] == devices]
     ratios[devices] = own[-1]["ms_per_step_median"] / own[0]["ms_per_step_median"]
+    deviation = max(abs(r["ratio_to_smallest_n"] - 1.0) for r in own)
+    checks[str(devices)] = {"max_deviation_from_smallest_n": deviation,
+                            "flat_within_5pct": deviation <= FLAT_TOLERANCE,
+                            "bytes_as_expected": all(r["bytes_as_expected"] for r in own)}
   report = {"benchmark": "state_scaling", "quick": args.quick, "steps_per_repeat": steps,
             "repeats": repeats, "device": jax.devices()[0].device_kind,
             "cpu_cores": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__,
-            "rows": rows, "largest_over_smallest": {str(k): v for k, v in ratios.items()}}
+            "load_average_at_start": os.getloadavg(), "skipped_sizes": skipped,
+            "target": {"flat_tolerance": FLAT_TOLERANCE, "bytes_per_sample": BYTES_PER_SAMPLE},
+            "rows": rows, "largest_over_smallest": {str(k): v for k, v in ratios.items()},
+            "checks": checks}
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(report, indent=1))
 
-  print("| devices | N | N_pad | ms/step (median) | min | max | state bytes/sample "
+  print("| devices | N | ms/step (median) | min | max | / smallest N | state bytes/sample "
         "| state bytes/device |")
   print("|---|---|---|---|---|---|---|---|")
   for r in rows:
-    print(f"| {r['devices']} | {r['N']:.0e} | {r['N_pad']} | {r['ms_per_step_median']:.2f} | "
+    print(f"| {r['devices']} | {r['N']:.0e} | {r['ms_per_step_median']:.2f} | "
           f"{r['ms_per_step_min']:.2f} | {r['ms_per_step_max']:.2f} | "
-          f"{r['state_bytes_per_sample']} | {r['state_bytes_per_device']:,} |")
+          f"{r['ratio_to_smallest_n']:.3f} | {r['state_bytes_per_sample']} | "
+          f"{r['state_bytes_per_device']:,} |")
   for devices, ratio in ratios.items():
-    print(f"{devices} device(s): largest N / smallest N step time = {ratio:.3f}")
+    check = checks[str(devices)]
+    print(f"{devices} device(s): largest N / smallest N step time = {ratio:.3f}; max deviation "
+          f"{check['max_deviation_from_smallest_n']:.3f} (flat within 5%: "
+          f"{'yes' if check['flat_within_5pct'] else 'no'}); bytes as expected: "
+          f"{'yes' if check['bytes_as_expected'] else 'no'}")
   return report
 
 

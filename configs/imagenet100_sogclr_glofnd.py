@@ -5,7 +5,7 @@ ResNet-50 (ImageNet stem), 200 epochs, global batch 128, LARS lr 0.075 with sqrt
 lr 0.05, GloFND from epoch 70. Needs TFDS ``imagenet2012`` prepared in ArrayRecord format in
 ``data.data_dir``; the 100 classes are those of ``glofnd_jax/data_files/imagenet100_classes.txt``.
 
-  glofnd-jax train --config configs/imagenet100_sogclr_glofnd.py --workdir gs://BUCKET/run \
+  glofnd-jax train --config configs/imagenet100_sogclr_glofnd.py --workdir /mnt/shared/run \
       --config.data.data_dir=gs://BUCKET/tfds
 """
 

@@ -2,56 +2,247 @@
 
 A checkpoint holds everything a run needs to continue exactly: parameters, BatchNorm statistics,
 optimiser state, every per-sample array (lambda, its moments, ``u``), the PRNG key and the step,
-plus the grain iterator state. Saves are asynchronous and atomic (orbax writes to a temporary
-directory and renames it when complete, so a half-written checkpoint is never restored); the last
-``max_to_keep`` are kept. Restoring takes an abstract target whose leaves carry the *current*
-shardings, so a run saved on 8 devices restores onto 4.
+plus the grain iterator state, and a small JSON *fingerprint* of the config fields the arrays
+depend on (:func:`config_fingerprint`).
+
+* **Async, keep last K.** ``save`` copies the arrays to host memory and returns; the files are
+  written in the background (``wait``/``close`` block until they are). The newest
+  ``max_to_keep`` checkpoints are kept.
+* **Atomic.** Orbax writes each step into ``<step>.orbax-checkpoint-tmp-<time>`` and renames it
+  to ``<step>`` only when every item is complete (on GCS, where renames are not atomic, it writes
+  a commit marker instead). ``latest_step`` and ``restore`` only see finished steps, so a save
+  cut short by preemption or a crash is never restored.
+* **Any device count.** Restoring takes an abstract target whose leaves carry the *current*
+  shardings, so a run saved on 8 devices restores onto 4. The per-sample arrays are padded to a
+  multiple of the device count (``mesh.padded_size``); when that padding differs, the saved
+  arrays are cut or padded to the new length. Only rows past the dataset size change, and those
+  are never read.
+* **Any process count** (``position_is_global=True``). grain saves one iterator position per
+  process. The image pipeline (:mod:`glofnd_jax.data.pipeline`) gives every process the same
+  position, the number of steps taken, whatever the process count; so when the process count
+  changed since the save, every process takes that common position (a clear error if the saved
+  positions differ).
+* **Compatible configs only.** Restoring compares the saved fingerprint with the current one and
+  raises :class:`IncompatibleCheckpointError` naming every field that differs.
 """
 
 from __future__ import annotations
 
+import json
 import pathlib
+from typing import Any
 
 import grain
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
+
+STATE, DATA, FINGERPRINT = "state", "data", "fingerprint"
+# Model fields that change no saved array: compute dtype (parameters are stored as created).
+_MODEL_FIELDS_FREE_TO_CHANGE = ("dtype",)
+
+
+class IncompatibleCheckpointError(ValueError):
+  """The checkpoint was written by a run whose config differs in a field its arrays depend on."""
+
+
+def config_fingerprint(config: ml_collections.ConfigDict, num_samples: int) -> dict:
+  """The config fields a checkpoint's arrays and data position depend on, as plain JSON.
+
+  ``task``, the dataset (name and size N: the per-sample arrays have N rows), the global batch
+  (the step -> epoch and data-iterator mapping), the whole model config but its compute dtype,
+  the loss kind (the string fields of ``config.loss``, e.g. ``name`` or ``version``: numbers such
+  as the temperature may be changed on resume), the detection mode and every alpha (one
+  per-sample state each). Missing fields are skipped, so every task's config works.
+  """
+  fingerprint: dict[str, Any] = {"task": config.get("task", "unimodal"),
+                                 "num_samples": int(num_samples)}
+  if "batch_size" in config:
+    fingerprint["batch_size"] = int(config.batch_size)
+  if "data" in config and "name" in config.data:
+    fingerprint["data.name"] = config.data.name
+  if "model" in config:
+    for key, value in config.model.to_dict().items():
+      if key not in _MODEL_FIELDS_FREE_TO_CHANGE:
+        fingerprint[f"model.{key}"] = value
+  if "loss" in config:
+    for key, value in config.loss.to_dict().items():
+      if isinstance(value, str):
+        fingerprint[f"loss.{key}"] = value
+  if "glofnd" in config:
+    fingerprint["glofnd.mode"] = config.glofnd.mode
+    alphas = tuple(config.glofnd.get("alphas", ())) or (config.glofnd.alpha,)
+    fingerprint["glofnd.alphas"] = [float(a) for a in alphas]
+  # A JSON round trip turns tuples into lists, as they come back from a checkpoint.
+  return json.loads(json.dumps(fingerprint))
+
+
+def fingerprint_differences(saved: dict, current: dict) -> list[str]:
+  """``'field: checkpoint X, now Y'`` for every field whose value differs."""
+  out = []
+  for key in sorted(set(saved) | set(current)):
+    if saved.get(key) != current.get(key):
+      out.append(f"{key}: checkpoint {saved.get(key, '(absent)')!r}, now "
+                 f"{current.get(key, '(absent)')!r}")
+  return out
 
 
 class Checkpointer:
-  """Thin wrapper over ``ocp.CheckpointManager`` for ``(train_state, data_iterator)`` pairs."""
+  """Thin wrapper over ``ocp.CheckpointManager`` for ``(train_state, data_iterator)`` pairs.
 
-  def __init__(self, directory, *, max_to_keep: int = 3, async_save: bool = True):
+  Args:
+    directory: where the step directories live (created if missing).
+    max_to_keep: newest checkpoints kept.
+    async_save: write in the background (``save`` returns once the arrays are on the host).
+    fingerprint: :func:`config_fingerprint` of the run; saved with every checkpoint and checked
+      by every restore (``None``: neither).
+    position_is_global: the data iterator's saved position means the same on every process and
+      for every process count (true of :func:`glofnd_jax.data.make_iterator`), so a run may
+      resume with another number of processes.
+  """
+
+  def __init__(self, directory, *, max_to_keep: int = 3, async_save: bool = True,
+               fingerprint: dict | None = None, position_is_global: bool = False):
     self.directory = pathlib.Path(directory).absolute()
+    self.fingerprint = fingerprint
+    self.position_is_global = position_is_global
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                            enable_async_checkpointing=async_save)
-    self._manager = ocp.CheckpointManager(self.directory, options=options)
+    # Handlers named up front so metadata (saved shapes) can be read before anything is saved.
+    handlers = {STATE: ocp.StandardCheckpointHandler(), DATA: grain.checkpoint.CheckpointHandler(),
+                FINGERPRINT: ocp.JsonCheckpointHandler()}
+    self._manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
   def latest_step(self) -> int | None:
-    """The newest complete checkpoint's step, or None."""
+    """The newest complete checkpoint's step, or None (unfinished saves are not listed)."""
     return self._manager.latest_step()
 
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
 
   def save(self, step: int, state, data_iterator=None, *, force: bool = False) -> bool:
-    """Start an (async) save of ``state`` and the iterator position at ``step``."""
-    items = {"state": ocp.args.StandardSave(state)}
+    """Start an (async) save of ``state``, the iterator position and the fingerprint at ``step``.
+
+    The caller makes sure ``state`` is finite (the train loop checks before every save).
+    """
+    items = {STATE: ocp.args.StandardSave(state)}
     if data_iterator is not None:
-      items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+      items[DATA] = grain.checkpoint.CheckpointSave(data_iterator)
+    if self.fingerprint is not None:
+      items[FINGERPRINT] = ocp.args.JsonSave(self.fingerprint)
     return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+  def saved_fingerprint(self, step: int) -> dict | None:
+    """The fingerprint stored with ``step`` (``None`` for checkpoints written without one)."""
+    if not (self.directory / str(step) / FINGERPRINT).exists():
+      return None
+    restored = self._manager.restore(
+        step, args=ocp.args.Composite(**{FINGERPRINT: ocp.args.JsonRestore()}))
+    return restored[FINGERPRINT]
+
+  def check_compatible(self, step: int) -> None:
+    """Raise :class:`IncompatibleCheckpointError` if ``step`` was saved by another config."""
+    if self.fingerprint is None:
+      return
+    saved = self.saved_fingerprint(step)
+    if saved is None:
+      return  # written before fingerprints existed: the shape checks below still apply
+    differences = fingerprint_differences(saved, self.fingerprint)
+    if not differences:
+      return
+    detail = ""
+    if saved.get("num_samples") != self.fingerprint.get("num_samples"):
+      detail = (f" The dataset now has {self.fingerprint.get('num_samples')} samples but the "
+                f"checkpoint's per-sample arrays (lambda, its moments, u) were made for "
+                f"{saved.get('num_samples')}: the dataset changed, so they would address the "
+                "wrong samples.")
+    raise IncompatibleCheckpointError(
+        f"checkpoint step {step} in {self.directory} was written with a different config: "
+        f"{'; '.join(differences)}.{detail} Resume with the config it was written with (the "
+        "run's config.json), or start a new run in another --workdir.")
 
   def restore(self, state_target, data_iterator=None, step: int | None = None):
     """Restore onto ``state_target`` (a state or its ``jax.ShapeDtypeStruct`` tree with
-    shardings); the iterator, when given, is moved to the saved position in place."""
+    shardings); the iterator, when given, is moved to the saved position in place.
+
+    Returns:
+      ``(state, step)``.
+
+    Raises:
+      FileNotFoundError: no complete checkpoint.
+      IncompatibleCheckpointError: the fingerprint or an array shape does not match.
+    """
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
+    self.check_compatible(step)
     abstract = jax.tree.map(_abstract, state_target)
-    items = {"state": ocp.args.StandardRestore(abstract)}
-    if data_iterator is not None:
-      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    padded = self._check_shapes(step, abstract)
+    # strict=False lets orbax cut or pad arrays whose length differs; _check_shapes allowed this
+    # only for per-sample arrays, and only past the dataset size.
+    items = {STATE: ocp.args.StandardRestore(abstract, strict=not padded)}
+    if data_iterator is not None and not (
+        self.position_is_global
+        and self._restore_iterator_across_process_counts(step, data_iterator)):
+      items[DATA] = grain.checkpoint.CheckpointRestore(data_iterator)
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-    return restored["state"], step
+    return restored[STATE], step
+
+  def _restore_iterator_across_process_counts(self, step: int, data_iterator) -> bool:
+    """Set the iterator from a save by another number of processes; False if not needed.
+
+    grain's handler writes ``process_<i>-of-<n>.json`` per process and looks for this
+    process's file on restore, which does not exist when the process count changed.
+    """
+    data_dir = self.directory / str(step) / DATA
+    # Not grain's API but its file layout (grain 0.2): when it differs, grain restores as usual.
+    own = data_dir / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    saved_files = sorted(data_dir.glob("process_*-of-*.json")) if data_dir.is_dir() else []
+    if own.exists() or not saved_files:
+      return False
+    positions = [json.loads(path.read_text()) for path in saved_files]
+    if any(position != positions[0] for position in positions):
+      raise IncompatibleCheckpointError(
+          f"checkpoint step {step} in {self.directory} was saved by {len(saved_files)} "
+          f"processes at different data positions, and this run has {jax.process_count()}: "
+          f"resume with {len(saved_files)} processes.")
+    data_iterator.set_state(positions[0])
+    return True
+
+  def _check_shapes(self, step: int, abstract) -> bool:
+    """Compare saved and target shapes leaf by leaf; True if some per-sample padding differs.
+
+    A leaf may differ only in its leading dimension, with both lengths at least the dataset size
+    (from the fingerprint): the padding to the device count. Anything else is a config mismatch.
+    """
+    metadata = self._manager.item_metadata(step)
+    tree = getattr(metadata[STATE], "tree", None) if metadata is not None else None
+    if tree is None:
+      return False
+    saved = ocp.tree.to_flat_dict(tree)
+    target = ocp.tree.to_flat_dict(ocp.tree.serialize_tree(abstract, keep_empty_nodes=True))
+    num_samples = (self.fingerprint or {}).get("num_samples")
+    padded, problems = False, []
+    for key, leaf in target.items():
+      if key not in saved or not hasattr(leaf, "shape"):
+        continue
+      if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        continue  # saved as its key data: (2,) for a () key
+      old, new = tuple(saved[key].shape), tuple(leaf.shape)
+      if old == new:
+        continue
+      if (num_samples is not None and len(old) == len(new) >= 1 and old[1:] == new[1:]
+          and min(old[0], new[0]) >= num_samples):
+        padded = True
+        continue
+      problems.append(f"{'/'.join(map(str, key))}: checkpoint {old}, now {new}")
+    if problems:
+      raise IncompatibleCheckpointError(
+          f"checkpoint step {step} in {self.directory} holds arrays of other shapes than this "
+          f"run builds: {'; '.join(problems[:5])}. The model or dataset config differs from the "
+          "one it was written with; resume with that config (the run's config.json) or start a "
+          "new run in another --workdir.")
+    return padded
 
   def wait(self) -> None:
     """Block until pending async saves are complete (before exit or reading files)."""

@@ -1,8 +1,11 @@
 """Command-line entry point: ``glofnd-jax <command> ...``.
 
-  glofnd-jax train --config configs/NAME.py --workdir DIR [--config.key=value ...]
+  glofnd-jax train --config configs/NAME.py --workdir DIR [--noevaluate] [--config.key=value ...]
   glofnd-jax eval --workdir DIR
   glofnd-jax convert-folder SRC_DIR OUT_DIR [--image_size N]
+  glofnd-jax validate-shards PATTERN [--verify_images]
+  glofnd-jax rekey-shards PATTERN OUT_DIR [--all]
+  glofnd-jax train-tokenizer (--captions FILE | --shards PATTERN) --out tokenizer.json
   glofnd-jax demo [...]
 """
 
@@ -17,6 +20,9 @@ HELP = {
     "train": "train a config (and evaluate): --config FILE --workdir DIR [--config.x=v]",
     "eval": "evaluate the latest checkpoint of a run: --workdir DIR",
     "convert-folder": "folder of class subfolders -> our ArrayRecord format",
+    "validate-shards": "check image-caption webdataset shards against the index contract",
+    "rekey-shards": "write copies of webdataset shards with a key in every sample",
+    "train-tokenizer": "train a BPE caption tokenizer: --captions FILE | --shards PATTERN --out F",
     "demo": "functional example: SogCLR +/- GloFND on synthetic clusters",
 }
 
@@ -26,6 +32,45 @@ def _usage() -> str:
   return "usage: glofnd-jax <command> [options]\n\ncommands:\n" + "\n".join(lines)
 
 
+def _closest_keys(argv) -> str:
+  """For each ``--config.KEY=...`` the config file lacks: the closest key it has ("" if the
+  config file cannot be read here)."""
+  import difflib
+  import importlib.util
+
+  import ml_collections
+
+  paths = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+  paths += [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
+  if not paths:
+    return ""
+  path, _, arg = paths[0].partition(":")
+  try:
+    spec = importlib.util.spec_from_file_location("_config_for_hint", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(arg) if arg else module.get_config()
+  except Exception:  # pylint: disable=broad-except  # only a hint: fall back to jax's message
+    return ""
+  hints = []
+  for a in argv:
+    if not a.startswith("--config."):
+      continue
+    key, node, known = a[len("--config."):].split("=", 1)[0], config, []
+    for part in key.split("."):
+      if isinstance(node, ml_collections.ConfigDict) and part in node:
+        node = node[part]
+        known.append(part)
+        continue
+      options = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+      close = difflib.get_close_matches(part, options, n=1)
+      where = "config." + ".".join(known) if known else "the config"
+      hints.append(f"config.{key}: did you mean config.{'.'.join(known + close)}?" if close else
+                   f"config.{key}: {where} has no key {part!r} (it has {', '.join(options)})")
+      break
+  return "; ".join(hints)
+
+
 def _train(argv) -> int:
   argv = ["glofnd-jax train", *argv]
   flag_values = flags.FlagValues()
@@ -33,6 +78,9 @@ def _train(argv) -> int:
   config_flags.DEFINE_config_file("config", None, "a config file from configs/",
                                   flag_values=flag_values, lock_config=True, sys_argv=argv)
   flags.DEFINE_string("workdir", None, "the run's directory", flag_values=flag_values)
+  flags.DEFINE_bool("evaluate", True, "evaluate after training; --noevaluate only trains (then "
+                    "`glofnd-jax eval --workdir DIR` evaluates the latest checkpoint)",
+                    flag_values=flag_values)
   try:
     flag_values(argv)
   except flags.Error as error:
@@ -41,7 +89,7 @@ def _train(argv) -> int:
   except (KeyError, AttributeError) as error:  # an override names a key the config lacks
     keys = [a.split("=", 1)[0][2:] for a in argv if a.startswith("--config.")]
     text = str(error.args[0] if error.args else error).replace("\\n", "\n")
-    hint = text.splitlines()[-1].strip("'\\\" ")
+    hint = _closest_keys(argv) or text.splitlines()[-1].strip("'\\\" ")
     print(f"error: a config override names a key the config does not have "
           f"({', '.join(keys)}): {hint}", file=sys.stderr)
     return 2
@@ -49,7 +97,8 @@ def _train(argv) -> int:
     print("error: train needs --config FILE and --workdir DIR", file=sys.stderr)
     return 2
   from glofnd_jax import train
-  train.train_and_evaluate(flag_values.config, flag_values.workdir)
+  train.train_and_evaluate(flag_values.config, flag_values.workdir,
+                           evaluate=flag_values.evaluate)
   return 0
 
 
@@ -78,6 +127,15 @@ def main(argv=None) -> int:
   if command == "convert-folder":
     from glofnd_jax.data import folder
     return folder.main(rest) or 0
+  if command == "validate-shards":
+    from glofnd_jax.data import webdataset
+    return webdataset.validate_main(rest)
+  if command == "rekey-shards":
+    from glofnd_jax.data import webdataset
+    return webdataset.rekey_main(rest)
+  if command == "train-tokenizer":
+    from glofnd_jax import tokenizer
+    return tokenizer.main(rest)
   if command == "demo":
     from glofnd_jax import demo
     demo.main(rest)

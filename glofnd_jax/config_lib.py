@@ -8,6 +8,9 @@ the config field.
 
 from __future__ import annotations
 
+import difflib
+import pathlib
+
 import ml_collections
 
 from glofnd_jax import augment as augment_lib
@@ -23,6 +26,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 20
   c.checkpoint_every_steps = 500
   c.keep_checkpoints = 3
+  c.nonfinite = "stop"         # stop (keep the last good checkpoint) | skip (skip the batch) | off
   c.lambda_snapshot_every_epochs = 10
 
   c.data = ml_collections.ConfigDict()
@@ -101,6 +105,9 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+NONFINITE_POLICIES = ("stop", "skip", "off")
+
+
 def _require(condition: bool, field: str, value, fix: str) -> None:
   if not condition:
     raise ValueError(f"config.{field}={value!r} is invalid: {fix}")
@@ -117,13 +124,69 @@ def validate(config: ml_collections.ConfigDict) -> None:
            f"choose one of {', '.join(detection.MODES)}.")
   _require(config.loss.temperature > 0, "loss.temperature", config.loss.temperature,
            "the temperature must be positive (e.g. 0.1).")
-  _require(config.optim.lr > 0, "optim.lr", config.optim.lr, "the learning rate must be positive.")
+  _require(config.optim.lr > 0, "optim.lr", config.optim.lr,
+           "the learning rate must be positive (e.g. 0.075).")
+  _require(config.glofnd.lr > 0, "glofnd.lr", config.glofnd.lr,
+           "the threshold learning rate must be positive (the paper uses 0.05).")
+  nonfinite = config.get("nonfinite", "stop")
+  _require(nonfinite in NONFINITE_POLICIES, "nonfinite", nonfinite,
+           f"choose one of {', '.join(NONFINITE_POLICIES)}.")
   _require(config.glofnd.start_update_epoch <= config.glofnd.start_mask_epoch,
            "glofnd.start_update_epoch", config.glofnd.start_update_epoch,
            f"it is after glofnd.start_mask_epoch={config.glofnd.start_mask_epoch}; the mask would "
            "use thresholds never learned. Set start_mask_epoch >= start_update_epoch.")
-  for alpha in (config.glofnd.alpha, *config.glofnd.alphas):
-    _require(0 < alpha < 1, "glofnd.alpha", alpha, "alpha must lie in (0, 1), e.g. 0.01.")
+  _require(0 < config.glofnd.alpha < 1, "glofnd.alpha", config.glofnd.alpha,
+           "alpha is the fraction of negatives treated as false negatives; it must lie in "
+           "(0, 1), e.g. 0.01.")
+  for alpha in config.glofnd.alphas:
+    _require(0 < alpha < 1, "glofnd.alphas", tuple(config.glofnd.alphas),
+             f"every alpha must lie in (0, 1), and {alpha!r} does not; e.g. (0.01, 0.02).")
+  _validate_data(config.data)
+
+
+def _validate_data(d: ml_collections.ConfigDict) -> None:
+  """Dataset fields whose mistakes would otherwise surface deep inside a reader.
+
+  Reads optional fields with ``get``: every task's config shares ``data.name`` and
+  ``data.data_dir`` but not necessarily the image fields.
+  """
+  name, data_dir = d.get("name", ""), d.get("data_dir", "")
+  _require(bool(name), "data.name", name, "name a dataset, e.g. 'digits' or 'tfds:cifar10'.")
+  if "image_size" in d:
+    _require(d.image_size > 0, "data.image_size", d.image_size, "use a positive image size.")
+  if "channels" in d:
+    _require(d.channels in (1, 3), "data.channels", d.channels, "use 1 (grey) or 3 (RGB).")
+  if name == "synthetic":
+    count = d.get("synthetic_num_samples", 1)
+    _require(count > 0, "data.synthetic_num_samples", count,
+             "the synthetic dataset needs at least one sample.")
+  if name == "arrayrecord":
+    _require(bool(data_dir), "data.data_dir", data_dir,
+             "dataset 'arrayrecord' reads a directory written by `glofnd-jax convert-folder`; "
+             "set --config.data.data_dir=DIR.")
+  if data_dir and "://" not in data_dir and name != "digits":
+    _require(pathlib.Path(data_dir).expanduser().is_dir(), "data.data_dir", data_dir,
+             f"the directory does not exist; point it at the prepared data of {name!r}.")
+
+
+def check_known_keys(config: ml_collections.ConfigDict, schema: ml_collections.ConfigDict,
+                     prefix: str = "") -> None:
+  """Raise a clear error for a key of ``config`` that ``schema`` lacks (a misspelt key).
+
+  Config files build on :func:`base_config`, and ``ConfigDict`` accepts any new attribute, so
+  ``c.glofnd.alpah = 0.1`` in a config file would otherwise be silently ignored.
+  """
+  for key in config.keys():
+    field = f"{prefix}{key}"
+    if key not in schema:
+      close = difflib.get_close_matches(key, list(schema.keys()), n=1)
+      hint = f"did you mean config.{prefix}{close[0]}?" if close else (
+          f"known keys here: {', '.join(sorted(schema.keys()))}.")
+      raise ValueError(f"config.{field} is not a known config key (value {config[key]!r}): "
+                       f"{hint} Every key is listed in glofnd_jax/config_lib.py:base_config().")
+    if isinstance(config[key], ml_collections.ConfigDict) and isinstance(
+        schema[key], ml_collections.ConfigDict):
+      check_known_keys(config[key], schema[key], f"{field}.")
 
 
 def threshold_config(config) -> thresholds.ThresholdConfig:

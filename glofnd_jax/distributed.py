@@ -51,6 +51,9 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     ``jax.distributed.initialize``; ``num_processes=1`` without a coordinator is a no-op.
   * No arguments: a launcher from :func:`detected_launcher` (TPU pod, SLURM, Open MPI,
     ``JAX_COORDINATOR_ADDRESS``) lets jax fill in everything; otherwise a no-op (one process).
+    With ``JAX_COORDINATOR_ADDRESS`` set, ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` give the
+    process count and this process's id (what ``launch/local.py`` and custom launchers set);
+    jax itself reads only the address.
 
   Extra keyword arguments (``local_device_ids``, ``initialization_timeout``, ...) go to
   ``jax.distributed.initialize``. Safe to call twice.
@@ -69,6 +72,8 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   launcher = detected_launcher()
   if launcher is None:
     return False
+  if launcher == "coordinator":
+    kwargs = {**processes_from_env(os.environ), **kwargs}
   try:
     jax.distributed.initialize(**kwargs)
   except ValueError:
@@ -76,6 +81,38 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
       raise
     return False  # libtpu installed but no TPU pod metadata: a single process
   return jax.process_count() > 1
+
+
+def processes_from_env(env: Mapping[str, str]) -> dict:
+  """``num_processes`` / ``process_id`` from ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID``.
+
+  Both or neither must be set; without them jax tries its cluster detection (SLURM, TPU, ...)
+  for the missing values.
+  """
+  names = {"num_processes": "JAX_NUM_PROCESSES", "process_id": "JAX_PROCESS_ID"}
+  given = {arg: env[name] for arg, name in names.items() if env.get(name, "") != ""}
+  if not given:
+    return {}
+  if len(given) == 1:
+    missing = next(name for arg, name in names.items() if arg not in given)
+    raise ValueError(f"{missing} is not set but {names[next(iter(given))]} is: with "
+                     "JAX_COORDINATOR_ADDRESS, set both JAX_NUM_PROCESSES (the process count) and "
+                     "JAX_PROCESS_ID (0 .. count - 1), or neither.")
+  values = {}
+  for arg, text in given.items():
+    try:
+      values[arg] = int(text)
+    except ValueError:
+      raise ValueError(f"{names[arg]}={text!r} is not an integer; set it to "
+                       f"{'the process count' if arg == 'num_processes' else 'this process id'}."
+                       ) from None
+  if values["num_processes"] < 1:
+    raise ValueError(f"JAX_NUM_PROCESSES={values['num_processes']} must be >= 1: set it to the "
+                     "number of processes of the job.")
+  if not 0 <= values["process_id"] < values["num_processes"]:
+    raise ValueError(f"JAX_PROCESS_ID={values['process_id']} must lie in [0, JAX_NUM_PROCESSES="
+                     f"{values['num_processes']}); give each process its own id from 0.")
+  return values
 
 
 def local_batch_rows(global_batch: int, mesh: Mesh) -> slice:

@@ -72,12 +72,17 @@ def per_sample_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA))
 
 
-def check_global_batch(global_batch: int, mesh: Mesh) -> None:
-  """Raise a clear error unless the global batch splits evenly over ``data``."""
+def check_global_batch(global_batch: int, mesh: Mesh, field: str = "global batch") -> None:
+  """Raise a clear error unless the global batch splits evenly over ``data``.
+
+  ``field`` names the batch in the message (e.g. ``"config.batch_size"``).
+  """
   size = data_size(mesh)
   if global_batch % size:
-    raise ValueError(f"global batch {global_batch} is not a multiple of the {size} devices on the "
-                     f"'{DATA}' axis; choose a batch size divisible by {size}.")
+    lower, upper = global_batch // size * size, -(-global_batch // size) * size
+    options = f"{lower} or {upper}" if lower else f"{upper}"
+    raise ValueError(f"{field}={global_batch} is not a multiple of the {size} devices on the "
+                     f"'{DATA}' axis; choose a batch size divisible by {size} (e.g. {options}).")
 
 
 def batch_shardings(batch: Any, mesh: Mesh) -> Any:

@@ -49,5 +49,22 @@ def check_indices(index, num_samples: int, name: str = "index") -> None:
     bad = index[(index < 0) | (index >= num_samples)]
     raise ValueError(
         f"{name} holds {bad.size} value(s) outside [0, {num_samples}) (e.g. {int(bad[0])}): every "
-        f"sample needs a global dataset index below the per-sample state size {num_samples}. "
-        "Check the dataset's index field or raise data.num_samples.")
+        f"sample needs a global dataset index in [0, {num_samples}), the per-sample state's "
+        "size. Fix the data source's indices, or build the per-sample state for the whole "
+        "dataset (num_samples = its size).")
+
+
+def check_capacity(per_sample_state, num_samples: int, name: str = "per-sample state") -> None:
+  """Raise a clear ``ValueError`` if a per-sample array has fewer than ``num_samples`` rows.
+
+  Every ``(N,)`` leaf (lambda, its moments, ``u``) must hold a row for each sample of the
+  dataset; a state made for a smaller dataset would read NaN for the samples past its end.
+  Shared ``(1,)`` thresholds and scalars are not per-sample and are skipped.
+  """
+  for path, leaf in jax.tree_util.tree_flatten_with_path(per_sample_state)[0]:
+    rows = np.shape(leaf)[0] if np.ndim(leaf) else None
+    if rows is not None and 1 < rows < num_samples:
+      raise ValueError(
+          f"{name}{jax.tree_util.keystr(path)} has {rows} rows but the dataset has {num_samples} "
+          f"samples: the per-sample arrays must cover the whole dataset. Initialise the state "
+          f"with num_samples={num_samples} (or train on the dataset the state was made for).")

@@ -29,14 +29,19 @@ class UnimodalRun:
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: pathlib.Path):
     config_lib.validate(config)
+    config_lib.check_known_keys(config, config_lib.base_config())
     self.config, self.workdir = config, workdir
     self.mesh = mesh_lib.make_mesh()
     self.batch = config.batch_size
-    mesh_lib.check_global_batch(self.batch, self.mesh)
+    mesh_lib.check_global_batch(self.batch, self.mesh, field="config.batch_size")
     self.source = self.open_split(config.data.train_split)
     self.num_samples = len(self.source)
     if self.num_samples == 0:
-      raise ValueError(f"dataset {config.data.name!r} split {config.data.train_split!r} is empty.")
+      raise ValueError(
+          f"config.data.train_split={config.data.train_split!r} of config.data.name="
+          f"{config.data.name!r} is empty (0 records, config.data.data_dir="
+          f"{config.data.data_dir!r}): point data_dir at the prepared dataset or name a "
+          "non-empty split.")
     self.steps_per_epoch = data.steps_per_epoch(self.num_samples, self.batch)
     if self.steps_per_epoch == 0:
       raise ValueError(f"config.batch_size={self.batch} is larger than the dataset "
@@ -63,8 +68,14 @@ class UnimodalRun:
     if d.name == "synthetic":
       kwargs = dict(num_samples=d.synthetic_num_samples,
                     image_shape=(d.image_size, d.image_size, d.channels))
-    return data.get_source(d.name, split, data_dir=d.data_dir or None, workdir=self.workdir,
-                           **kwargs)
+    try:
+      return data.get_source(d.name, split, data_dir=d.data_dir or None, workdir=self.workdir,
+                             **kwargs)
+    except (FileNotFoundError, ValueError) as error:
+      # The reader's message says what is missing and how to make it; add the config fields.
+      kind = FileNotFoundError if isinstance(error, FileNotFoundError) else ValueError
+      raise kind(f"cannot open split {split!r} of config.data.name={d.name!r} "
+                 f"(config.data.data_dir={d.data_dir!r}): {error}") from error
 
   def init_state(self):
     return train_step_lib.create_train_state(
@@ -82,15 +93,26 @@ class UnimodalRun:
     return train_step_lib.make_unimodal_train_step(
         self.model, self.tx, self.objective, num_samples=self.num_samples,
         global_batch=self.batch, mesh=self.mesh, augment=two_views,
-        samples_per_epoch=self.steps_per_epoch * self.batch)
+        samples_per_epoch=self.steps_per_epoch * self.batch,
+        nonfinite=self.config.get("nonfinite", "stop"))
 
   def checkpointer(self):
-    return checkpoint_lib.Checkpointer(self.workdir / "checkpoints",
-                                       max_to_keep=self.config.keep_checkpoints)
+    return checkpoint_lib.Checkpointer(
+        self.workdir / "checkpoints", max_to_keep=self.config.keep_checkpoints,
+        fingerprint=checkpoint_lib.config_fingerprint(self.config, self.num_samples),
+        position_is_global=True)  # data.make_iterator: the position is the step, any process
 
   def global_batch(self, local: dict) -> dict:
     """This process's loader batch -> the global batch the step takes (indices checked)."""
     per_sample.check_indices(local["index"], self.num_samples, "batch index")
+    expected = (self.config.data.image_size, self.config.data.image_size,
+                self.config.data.channels)
+    if tuple(local["image"].shape[1:]) != expected:
+      raise ValueError(
+          f"batch images have shape {tuple(local['image'].shape[1:])} but the model was built "
+          f"for {expected} (config.data.image_size={self.config.data.image_size}, "
+          f"config.data.channels={self.config.data.channels}): set those fields to the images' "
+          "size or resize the images in the input pipeline.")
     return distributed.global_batch_from_local(
         {"image": local["image"], "index": local["index"], "label": local["label"]}, self.mesh)
 

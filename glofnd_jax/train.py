@@ -6,12 +6,18 @@ pure jitted step of :mod:`glofnd_jax.train_step`; this loop feeds batches, logs 
 lambda distribution, saves orbax checkpoints (train state + data-iterator position) and resumes
 from the latest complete one, then draws the plots and evaluates. What is trained comes from the
 task's run class (``config.task``: :class:`glofnd_jax.run_unimodal.UnimodalRun`).
+
+Operating at scale (``docs/RUNNING_AT_SCALE.md``): on SIGTERM or a TPU preemption notice the
+loop saves at the next step boundary and returns (exit status 0); a non-finite loss, gradient,
+parameter, lambda or ``u`` stops the run before anything non-finite is saved
+(``config.nonfinite="stop"``), or the step skips that batch (``"skip"``).
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import os
 import pathlib
 import time
 
@@ -20,12 +26,18 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from glofnd_jax import distributed, plots
+from glofnd_jax import checkpoint as checkpoint_lib
+from glofnd_jax import distributed, plots, preemption
+from glofnd_jax.train_step import NONFINITE_PREFIX
 from glofnd_jax.metrics_writer import MetricWriter
 
 CONFIG_FILE = "config.json"
+# Written when training stops: {"status": "finished" | "preempted" | "stopped", "step": ...,
+# "total_steps": ...}; job scripts read it to decide whether to requeue (launch/slurm.sbatch).
+STATUS_FILE = "status.json"
 # config.task -> "module:class" of the task's run (imported on use).
-TASKS = {"unimodal": "glofnd_jax.run_unimodal:UnimodalRun"}
+TASKS = {"unimodal": "glofnd_jax.run_unimodal:UnimodalRun",
+         "clip": "glofnd_jax.run_clip:ClipRun"}
 
 
 def build_run(config: ml_collections.ConfigDict, workdir: pathlib.Path):
@@ -41,6 +53,16 @@ def build_run(config: ml_collections.ConfigDict, workdir: pathlib.Path):
 def save_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
   if jax.process_index() == 0:
     (workdir / CONFIG_FILE).write_text(config.to_json_best_effort(indent=1) + "\n")
+
+
+def write_status(workdir: pathlib.Path, status: str, step: int, total_steps: int) -> None:
+  """Write ``STATUS_FILE`` atomically (process 0): a job script never reads half a file."""
+  if jax.process_index() == 0:
+    path = workdir / STATUS_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"status": status, "step": int(step),
+                               "total_steps": int(total_steps)}) + "\n")
+    os.replace(tmp, path)
 
 
 def load_config(workdir) -> ml_collections.ConfigDict:
@@ -60,10 +82,52 @@ def host_array(x) -> np.ndarray:
 
 
 def _check_finite(values: dict, step: int) -> None:
+  """Fallback for steps built without non-finite flags: check the logged means."""
   for name in ("loss", "lambda_mean", "u_mean"):
     if name in values and not np.isfinite(values[name]):
       raise FloatingPointError(f"non-finite {name}={values[name]} at step {step}; the last good "
                                "checkpoint is kept. Lower the learning rate or check the data.")
+
+
+class NonFiniteMonitor:
+  """Collects the step's ``nonfinite/<array>`` flags and raises on the first bad step.
+
+  The flags stay on the device until :meth:`check`, which the loop calls before logging and
+  before every save, so there is no host round trip per step and no non-finite state is ever
+  saved.
+  """
+
+  def __init__(self, policy: str):
+    self.policy = policy
+    self.seen_flags = False
+    self._pending: list[tuple[int, dict]] = []
+
+  def add(self, step: int, metrics: dict) -> None:
+    """Take the flags out of ``metrics`` (in place) and remember them for ``step``."""
+    flags = {k[len(NONFINITE_PREFIX):]: metrics.pop(k) for k in list(metrics)
+             if k.startswith(NONFINITE_PREFIX)}
+    if flags:
+      self.seen_flags = True
+      if self.policy == "stop":
+        self._pending.append((step, flags))
+
+  def check(self, checkpointer) -> None:
+    """Raise ``FloatingPointError`` naming the first non-finite step and its arrays."""
+    pending, self._pending = self._pending, []
+    if not pending:
+      return
+    for (step, _), flags in zip(pending, jax.device_get([f for _, f in pending])):
+      bad = [name for name, flag in flags.items() if flag]
+      if bad:
+        checkpointer.wait()  # a save in flight holds an earlier, finite state: let it finish
+        kept = checkpointer.latest_step()
+        kept = (f"the last good checkpoint (step {kept}) in {checkpointer.directory} is kept"
+                if kept is not None else "no checkpoint had been saved yet")
+        raise FloatingPointError(
+            f"non-finite value(s) at step {step} in: {', '.join(bad)}. The run stopped before "
+            f"saving this state; {kept}. Lower the learning rate (config.optim.lr, "
+            "config.glofnd.lr), check the data, or set config.nonfinite='skip' to skip such "
+            "batches.")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, evaluate: bool = True,
@@ -81,6 +145,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, evaluate: 
     evaluated.
   """
   distributed.initialize()
+  if "://" in str(workdir):
+    raise ValueError(
+        f"--workdir={str(workdir)!r} is a URL, but the run directory is written with file system "
+        "calls (a local gs:/... directory would be created instead). Mount the bucket on every "
+        "host (e.g. gcsfuse) or use a shared filesystem, and pass that path; see "
+        "docs/RUNNING_AT_SCALE.md. (config.data.data_dir may be a gs:// URL.)")
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   run = build_run(config, workdir)
@@ -88,6 +158,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, evaluate: 
   state = run.init_state()
   iterator = run.iterator()
   checkpointer = run.checkpointer()
+  if checkpointer.fingerprint is None:  # a task whose run did not set it: check resumes anyway
+    checkpointer.fingerprint = checkpoint_lib.config_fingerprint(config, run.num_samples)
   first_step = 0
   if checkpointer.latest_step() is not None:
     state, first_step = checkpointer.restore(state, iterator)
@@ -102,17 +174,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, evaluate: 
   tick, tick_step = time.perf_counter(), first_step
   bar = tqdm(total=last, initial=first_step, unit="step", disable=jax.process_index() != 0,
              dynamic_ncols=True, mininterval=2.0)
+  monitor = NonFiniteMonitor(c.get("nonfinite", "stop"))
+  # Listening until the last save is complete; a SIGTERM during evaluation then ends the process.
+  guard = preemption.PreemptionGuard().install()
+  preempted = False
   try:
     for step in range(first_step, last):
       state, metrics = step_fn(state, run.global_batch(next(iterator)))
       done = step + 1
-      if done % c.log_every_steps == 0 or done == last:
+      monitor.add(done, metrics)
+      # Asked at every step but the last (which saves anyway): the processes' agreement on
+      # the stopping step needs every step's number.
+      preempted = done < last and guard.should_stop(done)
+      periodic_save = done % c.checkpoint_every_steps == 0 and done != last
+      logging = done % c.log_every_steps == 0 or done == last
+      if logging or periodic_save or preempted:
+        monitor.check(checkpointer)
+      if logging:
         now = time.perf_counter()
         images_per_sec = (done - tick_step) * run.batch / max(now - tick, 1e-9)
         tick, tick_step = now, done
         values = writer.write(done, {**metrics, "lr": run.schedule(step),
                                      "images_per_sec": images_per_sec})
-        _check_finite(values, done)
+        if monitor.policy == "stop" and not monitor.seen_flags:
+          _check_finite(values, done)
         bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{images_per_sec:.0f}")
       thresholds = run.thresholds_for_snapshot(state)
       if thresholds is not None and done % run.steps_per_epoch == 0:
@@ -122,18 +207,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, evaluate: 
           writer.histogram(done, "lambda", lam)
           if jax.process_index() == 0:
             plots.save_lambda_snapshot(workdir, epoch, lam)
-      if done % c.checkpoint_every_steps == 0 and done != last:
-        checkpointer.save(done, state, iterator)
+      if periodic_save or preempted:
+        checkpointer.save(done, state, iterator, force=True)
       bar.update(1)
-    if last > first_step:
+      if preempted:
+        last = done
+        break
+    if last > first_step and not preempted:
       checkpointer.save(last, state, iterator, force=True)
   finally:
     bar.close()
     writer.close()
-    checkpointer.close()
+    checkpointer.close()  # waits for the last save: the checkpoint is complete on return
+    guard.uninstall()
+  status = "preempted" if preempted else "finished" if last == run.total_steps else "stopped"
+  write_status(workdir, status, last, run.total_steps)
+  if preempted:
+    print(f"stopped at step {last} on {guard.reason}: checkpoint saved in "
+          f"{checkpointer.directory}; run the same command again to resume.", flush=True)
+    return {}
   if jax.process_index() == 0:
     plots.plot_run(workdir)
   if not evaluate or last < run.total_steps:
+    return {}
+  if jax.process_count() > 1:
+    print("evaluation runs in one process: run `glofnd-jax eval --workdir "
+          f"{workdir}` on one host.", flush=True)
     return {}
   return run.evaluate(state)
 

@@ -10,6 +10,12 @@ computes each device's anchor rows against all-gathered columns, and the gradien
 single-device global-batch gradient (every cross-device term included: it is the same program,
 only partitioned). The per-sample state is read and written by global index with O(batch)
 collectives (``tests/test_hlo.py`` checks the compiled HLO).
+
+Non-finite values (``nonfinite=``): ``"stop"`` adds ``nonfinite/<array>`` flags to the metrics
+(the loss, gradients, parameters, optimiser state, batch statistics, and the batch rows of every
+per-sample array, the only rows a step writes) for the train loop to stop on; ``"skip"`` also
+keeps the old state when any flag is set, inside the step (no host round trip), and counts the
+skipped batches in ``TrainState.skipped_batches``.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from jax.sharding import Mesh
 
 from glofnd_jax import mesh as mesh_lib
 from glofnd_jax import objectives
+from glofnd_jax import per_sample as per_sample_lib
 from glofnd_jax import state as state_lib
 
 
@@ -40,6 +47,7 @@ class TrainState:
     opt_state: optax state of ``params`` (replicated).
     per_sample: ``UnimodalState`` / ``BimodalState`` of ``(N_pad,)`` leaves sharded ``P('data')``.
     rng: PRNG key (replicated); step keys are ``fold_in(rng, step)``, ``rng`` itself never changes.
+    skipped_batches: ``()`` int32 batches skipped for non-finite values (``nonfinite="skip"``).
   """
 
   step: jax.Array
@@ -48,6 +56,7 @@ class TrainState:
   opt_state: Any
   per_sample: Any
   rng: jax.Array
+  skipped_batches: jax.Array
 
 
 def epoch_at_step(step, global_batch: int, num_samples: int) -> jax.Array:
@@ -77,7 +86,8 @@ def train_state_shardings(per_sample_shardings: Any, mesh: Mesh) -> TrainState:
   """Sharding prefix tree of a :class:`TrainState` (per-sample leaves from the state module)."""
   replicated = mesh_lib.replicated(mesh)
   return TrainState(step=replicated, params=replicated, batch_stats=replicated,
-                    opt_state=replicated, per_sample=per_sample_shardings, rng=replicated)
+                    opt_state=replicated, per_sample=per_sample_shardings, rng=replicated,
+                    skipped_batches=replicated)
 
 
 def _scalars(metrics: dict) -> dict:
@@ -102,8 +112,99 @@ def _row_constraint(mesh: Mesh):
   return lambda x: mesh_lib.constrain_similarity_rows(x, mesh)
 
 
-def _compile(step_fn, num_samples: int, objective_config, mesh: Mesh, global_batch: int):
+NONFINITE_POLICIES = ("off", "stop", "skip")
+NONFINITE_PREFIX = "nonfinite/"
+
+
+def _all_finite(tree) -> jax.Array:
+  """``()`` bool: every floating-point element of ``tree`` is finite (True for no such leaf)."""
+  checks = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(checks)) if checks else jnp.asarray(True)
+
+
+def _batch_index(batch: dict) -> jax.Array:
+  """Every global dataset index the batch addresses (``index``, ``index_img``, ``index_txt``)."""
+  return jnp.concatenate([batch[k].reshape(-1) for k in sorted(batch) if k.startswith("index")])
+
+
+def _is_per_sample_rows(leaf, num_samples_padded: int) -> bool:
+  return jnp.ndim(leaf) >= 1 and leaf.shape[0] == num_samples_padded
+
+
+def nonfinite_flags(new: TrainState, metrics: dict, batch: dict, num_samples_padded: int) -> dict:
+  """``{array name: () bool}``, True where a step produced a non-finite value.
+
+  Args:
+    new: the state the step returned.
+    metrics: its metrics (``loss`` and ``grad_norm`` are read).
+    batch: the batch (every ``index*`` entry is read).
+    num_samples_padded: N_pad; leaves with this leading dimension are per-sample arrays.
+
+  Per-sample arrays are checked only at the batch's rows: a step writes no other row, and the
+  state before the step was finite, so this is exact at O(batch) cost.
+  """
+  flags = {"loss": ~jnp.isfinite(metrics["loss"]),
+           "gradients": ~jnp.isfinite(metrics["grad_norm"]),
+           "params": ~_all_finite(new.params),
+           "batch_stats": ~_all_finite(new.batch_stats),
+           "opt_state": ~_all_finite(new.opt_state)}
+  index = _batch_index(batch)
+  for path, leaf in jax.tree_util.tree_flatten_with_path(new.per_sample)[0]:
+    if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+      continue
+    is_rows = _is_per_sample_rows(leaf, num_samples_padded)
+    rows = per_sample_lib.gather(leaf, index) if is_rows else leaf
+    flags["per_sample" + jax.tree_util.keystr(path)] = ~jnp.all(jnp.isfinite(rows))
+  return flags
+
+
+def _keep_old_state(bad: jax.Array, old: TrainState, new: TrainState, batch: dict,
+                    num_samples_padded: int) -> TrainState:
+  """``old`` where ``bad`` else ``new``, for every leaf but the step count (a skipped batch is
+  still consumed). Per-sample arrays are restored only at the batch rows (O(batch), in place)."""
+  pick = lambda n, o: jnp.where(bad, o, n)
+  index = _batch_index(batch)
+
+  def per_sample_leaf(n, o):
+    if not _is_per_sample_rows(n, num_samples_padded):
+      return pick(n, o)
+    rows = pick(per_sample_lib.gather(n, index), per_sample_lib.gather(o, index))
+    return per_sample_lib.scatter(n, index, rows)
+
+  return new.replace(
+      params=jax.tree.map(pick, new.params, old.params),
+      batch_stats=jax.tree.map(pick, new.batch_stats, old.batch_stats),
+      opt_state=jax.tree.map(pick, new.opt_state, old.opt_state),
+      per_sample=jax.tree.map(per_sample_leaf, new.per_sample, old.per_sample),
+      skipped_batches=old.skipped_batches + bad.astype(jnp.int32))
+
+
+def _guard_nonfinite(step_fn, policy: str, num_samples_padded: int):
+  """Wrap ``step_fn`` with the non-finite ``policy`` (see the module docstring)."""
+  if policy not in NONFINITE_POLICIES:
+    raise ValueError(f"nonfinite={policy!r} is unknown; choose one of "
+                     f"{', '.join(NONFINITE_POLICIES)}.")
+  if policy == "off":
+    return step_fn
+
+  def guarded(state: TrainState, batch: dict):
+    new_state, metrics = step_fn(state, batch)
+    flags = nonfinite_flags(new_state, metrics, batch, num_samples_padded)
+    if policy == "skip":
+      bad = jnp.any(jnp.stack(list(flags.values())))
+      new_state = _keep_old_state(bad, state, new_state, batch, num_samples_padded)
+      metrics["skipped_batches"] = new_state.skipped_batches.astype(jnp.float32)
+    metrics.update({NONFINITE_PREFIX + k: v.astype(jnp.float32) for k, v in flags.items()})
+    return new_state, metrics
+
+  return guarded
+
+
+def _compile(step_fn, num_samples: int, objective_config, mesh: Mesh, global_batch: int,
+             nonfinite: str = "off"):
   mesh_lib.check_global_batch(global_batch, mesh)
+  step_fn = _guard_nonfinite(step_fn, nonfinite, mesh_lib.padded_size(num_samples, mesh))
   per_sample = state_lib.per_sample_state_shardings(num_samples, objective_config, mesh)
   state_shardings = train_state_shardings(per_sample, mesh)
   return jax.jit(step_fn,
@@ -116,7 +217,8 @@ def make_unimodal_train_step(model: nn.Module, tx: optax.GradientTransformation,
                              objective_config: objectives.UnimodalConfig, *, num_samples: int,
                              global_batch: int, mesh: Mesh,
                              augment: Callable | None = None,
-                             samples_per_epoch: int | None = None):
+                             samples_per_epoch: int | None = None,
+                             nonfinite: str = "off"):
   """A jitted SogCLR/SimCLR + GloFND step ``step(state, batch) -> (state, metrics)``.
 
   Args:
@@ -132,6 +234,9 @@ def make_unimodal_train_step(model: nn.Module, tx: optax.GradientTransformation,
     samples_per_epoch: samples per epoch for ``epoch = step * B // samples_per_epoch``
       (default N); a loader that drops each epoch's remainder passes ``(N // B) * B`` so the
       step's epoch is the loader's.
+    nonfinite: ``"off"``, ``"stop"`` (flag non-finite arrays in the metrics as
+      ``nonfinite/<name>``) or ``"skip"`` (also keep the old state for such a batch and count it
+      in ``state.skipped_batches``; metric ``skipped_batches``).
 
   The batch is a dict of ``(B, ...)`` arrays sharded over ``data``: ``view1``, ``view2``,
   ``index`` (int32 global dataset indices) and optional ``label``; with ``augment``, ``image``
@@ -167,14 +272,15 @@ def make_unimodal_train_step(model: nn.Module, tx: optax.GradientTransformation,
     metrics.update(grad_norm=optax.tree.norm(grads), epoch=epoch.astype(jnp.float32))
     return new_state, metrics
 
-  return _compile(step, num_samples, objective_config, mesh, global_batch)
+  return _compile(step, num_samples, objective_config, mesh, global_batch, nonfinite)
 
 
 def make_bimodal_train_step(model: nn.Module, tx: optax.GradientTransformation,
                             objective_config: objectives.BimodalConfig, *, num_samples: int,
                             global_batch: int, mesh: Mesh,
                             augment: Callable | None = None,
-                            samples_per_epoch: int | None = None):
+                            samples_per_epoch: int | None = None,
+                            nonfinite: str = "off"):
   """A jitted FastCLIP (v1/v3) + GloFND step ``step(state, batch) -> (state, metrics)``.
 
   Args:
@@ -184,7 +290,7 @@ def make_bimodal_train_step(model: nn.Module, tx: optax.GradientTransformation,
     tx, objective_config, num_samples, global_batch, mesh: as for the unimodal step
       (``objective_config`` is a :class:`~glofnd_jax.objectives.BimodalConfig`).
     augment: optional ``augment(key, images) -> images`` run on device.
-    samples_per_epoch: as for the unimodal step.
+    samples_per_epoch, nonfinite: as for the unimodal step.
 
   The batch is a dict of ``(B, ...)`` arrays: ``image``, ``text``, ``index_img``, ``index_txt``
   (int32 global indices) and optional ``label``.
@@ -214,7 +320,7 @@ def make_bimodal_train_step(model: nn.Module, tx: optax.GradientTransformation,
     metrics.update(grad_norm=optax.tree.norm(grads), epoch=epoch.astype(jnp.float32))
     return new_state, metrics
 
-  return _compile(step, num_samples, objective_config, mesh, global_batch)
+  return _compile(step, num_samples, objective_config, mesh, global_batch, nonfinite)
 
 
 def _train_state_initializer(model: nn.Module, tx: optax.GradientTransformation,
@@ -232,7 +338,7 @@ def _train_state_initializer(model: nn.Module, tx: optax.GradientTransformation,
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
                       per_sample=state_lib.init_per_sample_state(padded, objective_config),
-                      rng=state_key)
+                      rng=state_key, skipped_batches=jnp.zeros((), jnp.int32))
 
   per_sample = state_lib.per_sample_state_shardings(num_samples, objective_config, mesh)
   return init, train_state_shardings(per_sample, mesh)

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# One unattended run on a machine with one GPU (under 8 minutes): ResNet-50 224x224, batch 256,
+# bfloat16, images/s with and without GloFND (interleaved), and the N = 1e8 per-sample state.
+#
+#   bash benchmarks/gpu_check.sh              # on the GPU machine
+#   bash benchmarks/gpu_check.sh --cpu-smoke  # here: the same Python entry at tiny sizes on CPU
+#
+# Python: the project's .venv if its jax sees a GPU; otherwise a fresh venv at $GPU_CHECK_VENV
+# (default /tmp/glofnd_gpu_venv) made with --system-site-packages over the first python3 whose
+# jax sees a GPU, with this package installed editable without dependencies or network
+# (`pip install --no-deps --no-build-isolation -e .`); if that install fails, that python3 with
+# PYTHONPATH set to the repository. The check needs only jax, flax, optax and numpy.
+# Limits: GPU_CHECK_TIMEOUT (default 450 s) for the Python run, then it is killed; the JSON it
+# wrote phase by phase is kept. Output: benchmarks/results/gpu_check.json (cpu smoke:
+# gpu_check_cpu_smoke.json), also copied to $OUT when that is set, and a GPU_CHECK_SUMMARY line.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+REPO=$(pwd)
+LIMIT=${GPU_CHECK_TIMEOUT:-450}
+VENV=${GPU_CHECK_VENV:-/tmp/glofnd_gpu_venv}
+CPU_SMOKE=0
+for arg in "$@"; do [ "$arg" = "--cpu-smoke" ] && CPU_SMOKE=1; done
+RESULT=benchmarks/results/gpu_check.json
+[ "$CPU_SMOKE" = 1 ] && RESULT=benchmarks/results/gpu_check_cpu_smoke.json
+for arg in "$@"; do case "$arg" in --out=*) RESULT=${arg#--out=} ;; esac; done
+
+say() { echo "[gpu_check.sh] $*"; }
+sees_gpu() { timeout 120 "$1" -c "import jax, flax, optax; assert jax.devices()[0].platform == 'gpu'" >/dev/null 2>&1; }
+has_jax() { timeout 120 "$1" -c "import jax, flax, optax" >/dev/null 2>&1; }
+
+say "start $(date -u +%FT%TZ) in $REPO"
+if command -v nvidia-smi >/dev/null 2>&1; then
+  nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv,noheader || true
+else
+  say "nvidia-smi not found"
+fi
+
+PY=""
+export PYTHONUNBUFFERED=1
+if [ "$CPU_SMOKE" = 1 ]; then
+  for candidate in "$REPO/.venv/bin/python" python3; do
+    if has_jax "$candidate"; then PY=$candidate; break; fi
+  done
+  export JAX_PLATFORMS=cpu
+elif [ -x "$REPO/.venv/bin/python" ] && sees_gpu "$REPO/.venv/bin/python"; then
+  PY="$REPO/.venv/bin/python"
+else
+  BASE=""
+  for candidate in python3 python /opt/torch/.venv/bin/python3; do
+    if command -v "$candidate" >/dev/null 2>&1 && sees_gpu "$candidate"; then BASE=$candidate; break; fi
+  done
+  if [ -z "$BASE" ]; then
+    say "no python with a GPU-enabled jax, flax and optax was found"
+    mkdir -p "$(dirname "$RESULT")"
+    echo '{"benchmark": "gpu_check", "ok": false, "errors": {"environment": "no python whose jax sees a GPU"}}' > "$RESULT"
+    [ -n "${OUT:-}" ] && cp "$RESULT" "$OUT/" 2>/dev/null
+    exit 2
+  fi
+  say "base python: $(command -v "$BASE")"
+  if [ -x "$VENV/bin/python" ] || "$BASE" -m venv --system-site-packages "$VENV"; then
+    if timeout 180 "$VENV/bin/python" -m pip install --quiet --no-deps --no-build-isolation -e "$REPO" \
+        && sees_gpu "$VENV/bin/python"; then
+      PY="$VENV/bin/python"
+    fi
+  fi
+  if [ -z "$PY" ]; then
+    say "editable install failed; using $BASE with PYTHONPATH=$REPO"
+    PY=$BASE
+    export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+  fi
+fi
+if [ -z "$PY" ]; then say "no usable python"; exit 2; fi
+say "python: $PY ($("$PY" -c 'import jax; print("jax", jax.__version__, jax.devices())' 2>&1 | tail -1))"
+
+timeout --signal=TERM --kill-after=30 "$LIMIT" "$PY" benchmarks/gpu_check.py "$@"
+STATUS=$?
+[ "$STATUS" = 124 ] && say "timed out after ${LIMIT}s; the phases finished before are in $RESULT"
+if [ -f "$RESULT" ]; then
+  say "result file: $RESULT"
+  [ -n "${OUT:-}" ] && cp "$RESULT" "$OUT/" 2>/dev/null
+else
+  say "no result file was written"
+fi
+say "end $(date -u +%FT%TZ), exit status $STATUS"
+exit "$STATUS"

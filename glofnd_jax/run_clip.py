@@ -1,0 +1,220 @@
+"""The image-text task (FastCLIP v1/v3 + GloFND, ``config.task = "clip"``): what a run builds.
+
+:class:`ClipRun` provides the interface of :class:`glofnd_jax.run_unimodal.UnimodalRun`, which is
+all the train loop (:mod:`glofnd_jax.train`) uses. Data sizes follow the index contract
+(:mod:`glofnd_jax.data.webdataset`): ``num_samples`` is ``data_size = max key + 1`` (the length
+of every per-sample array: image and text lambda, their moments, ``u``), while an epoch is
+``num_records // batch`` steps over the samples actually present.
+"""
+
+from __future__ import annotations
+
+import functools
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from glofnd_jax import augment as augment_lib
+from glofnd_jax import checkpoint as checkpoint_lib
+from glofnd_jax import config_clip, config_lib, distributed, evaluation_clip, optim_clip
+from glofnd_jax import per_sample
+from glofnd_jax import mesh as mesh_lib
+from glofnd_jax import state as state_lib
+from glofnd_jax import tokenizer as tokenizer_lib
+from glofnd_jax import train_step as train_step_lib
+from glofnd_jax.data import pairs, pipeline
+
+# Image-anchor detector metrics under the names the unimodal plots read.
+_PLOT_ALIASES = ("kept_fraction", "flagged_fraction", "fn_precision", "fn_recall", "lambda_mean")
+
+
+class ClipRun:
+  """Everything an image-text run builds from its config: data, tokenizer, model, step, state.
+
+  Attributes (beyond the train-loop interface): ``tokenizer``, ``source`` (the screened
+  training pairs), ``num_records`` (pairs present), ``screen_report`` (bad-sample counts).
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: pathlib.Path):
+    config_clip.validate(config)
+    self.config, self.workdir = config, pathlib.Path(workdir)
+    self.mesh = mesh_lib.make_mesh()
+    self.batch = config.batch_size
+    mesh_lib.check_global_batch(self.batch, self.mesh)
+    self.source, self.screen_report = self.open_split("train")
+    self.num_records = len(self.source)
+    self.num_samples = self.source.data_size
+    self.steps_per_epoch = pipeline.steps_per_epoch(self.num_records, self.batch)
+    if self.steps_per_epoch == 0:
+      raise ValueError(f"config.batch_size={self.batch} is larger than the training set "
+                       f"({self.num_records} pairs): lower it.")
+    self.total_steps = config.epochs * self.steps_per_epoch
+    names = config.eval.zeroshot_class_names
+    if names and self.source.has_labels and self.source.labels.max() >= len(names):
+      raise ValueError(
+          f"config.eval.zeroshot_class_names has {len(names)} names but the training labels go "
+          f"up to {int(self.source.labels.max())}: give one name per class, in label order.")
+    self.tokenizer = self._tokenizer()
+    self.model = config_clip.build_model(config, self.tokenizer.vocab_size)
+    o = config.optim
+    self.schedule = optim_clip.warmup_cosine(o.lr, o.warmup_steps, self.total_steps)
+    self.tx = optim_clip.make_clip_optimizer(
+        self.schedule, weight_decay=o.weight_decay, b1=o.b1, b2=o.b2, eps=o.eps,
+        learn_temperature=config.loss.version == "v3", lr_tau=o.lr_tau,
+        temperature_schedule=o.temperature_schedule, warmup_steps=o.warmup_steps,
+        total_steps=self.total_steps)
+    self.objective = config_clip.bimodal_objective_config(config)
+    self.augment = config_lib.augment_config(config)
+    size, channels = config.data.image_size, config.data.channels
+    raw = jax.ShapeDtypeStruct((1, size, size, channels), jnp.uint8)
+    view = jax.eval_shape(lambda x: augment_lib.augment(jax.random.key(0), x, self.augment), raw)
+    self.sample_input = (np.zeros(view.shape, np.float32),
+                         np.zeros((1, config.tokenizer.context_length), np.int32))
+
+  # ------------------------------------------------------------------------- data
+
+  @property
+  def index_dir(self) -> pathlib.Path:
+    return pathlib.Path(self.config.data.index_dir or self.workdir / "data" / "index")
+
+  def open_split(self, role: str):
+    """The screened source of the ``role`` split (``train``/``val``/``test``) and its report.
+
+    Returns ``(None, None)`` when the config names no such split.
+    """
+    d = self.config.data
+    split = d[f"{role}_split"]
+    if not split:
+      return None, None
+    if d.name == "webdataset" and role != "train" and not d.get(f"{role}_shards", ""):
+      if jax.process_index() == 0:
+        print(f"no {role} pairs (config.data.{role}_shards is empty): the evaluation on them "
+              "is skipped.")
+      return None, None
+    shards = d.get(f"{role}_shards", "")
+    try:
+      source = pairs.open_pair_source(
+          d.name, split, shards=shards, data_dir=d.data_dir, workdir=self.workdir,
+          key_field=d.key_field, caption_field=d.caption_field, label_field=d.label_field,
+          index_dir=self.index_dir, workers=d.index_workers, seed=self.config.seed)
+    except (FileNotFoundError, ValueError) as error:
+      # The reader names the shard and the fix; add the config fields that led to it.
+      raise type(error)(f"cannot open the {role} pairs (config.data.name={d.name!r}, "
+                        f"config.data.{role}_shards={shards!r}, config.data.data_dir="
+                        f"{d.data_dir!r}): {error}") from error
+    screened = pairs.screen_samples(source, on_bad_sample=d.on_bad_sample,
+                                    verify_images=d.verify_images, workers=d.index_workers,
+                                    cache_dir=self.index_dir)
+    report = screened.report
+    skipped = {k: report[k]["count"] for k in ("unusable", "empty_captions", "bad_images")
+               if report[k]["count"]}
+    if skipped and jax.process_index() == 0:
+      examples = [e for k in skipped for e in report[k]["examples"][:2]]
+      print(f"{role} split {split!r}: skipped bad samples {skipped} (of "
+            f"{report['num_samples']}), e.g. {'; '.join(examples)}")
+    return screened.source, report
+
+  def _tokenizer(self) -> tokenizer_lib.ClipTokenizer:
+    t = self.config.tokenizer
+    path = pathlib.Path(t.path) if t.path else self.workdir / "tokenizer.json"
+    if not t.path and not path.exists():
+      # The default trains a tokenizer on the training captions on first use (every process
+      # computes the same file; for large multi-host runs train one beforehand).
+      captions = (self.source.read_caption(i) for i in range(len(self.source)))
+      tokenizer_lib.train_tokenizer(captions, path, vocab_size=t.vocab_size,
+                                    min_frequency=t.min_frequency)
+      print(f"trained a tokenizer on {len(self.source)} training captions: {path}")
+    return tokenizer_lib.ClipTokenizer(path, t.context_length, sot_token=t.sot_token,
+                                       eot_token=t.eot_token)
+
+  def iterator(self):
+    c = self.config
+    return pairs.make_pair_iterator(
+        self.source, self.tokenizer, global_batch_size=self.batch, seed=c.seed,
+        image_size=c.data.image_size, channels=c.data.channels, resize_mode=c.data.resize_mode,
+        read_threads=c.data.read_threads)
+
+  def global_batch(self, local: dict) -> dict:
+    """This process's loader batch -> the global batch the step takes (keys checked)."""
+    per_sample.check_indices(local["index_img"], self.num_samples, "batch key")
+    batch = {name: local[name] for name in ("image", "text", "index_img", "index_txt")}
+    if self.source.has_labels:  # labels only when known: -1 would read as one class
+      batch["label"] = local["label"]
+    return distributed.global_batch_from_local(batch, self.mesh)
+
+  # ------------------------------------------------------------------------- model and state
+
+  def init_state(self):
+    return train_step_lib.create_train_state(
+        self.model, self.tx, self.sample_input, self.objective, self.num_samples, self.mesh,
+        jax.random.key(self.config.seed))
+
+  def step_fn(self):
+    augment = functools.partial(augment_lib.augment, config=self.augment)
+    step = train_step_lib.make_bimodal_train_step(
+        self.model, self.tx, self.objective, num_samples=self.num_samples,
+        global_batch=self.batch, mesh=self.mesh, augment=augment,
+        samples_per_epoch=self.steps_per_epoch * self.batch,
+        nonfinite=self.config.get("nonfinite", "stop"))
+
+    def step_with_aliases(state, batch):
+      state, metrics = step(state, batch)
+      metrics = dict(metrics)
+      for name in _PLOT_ALIASES:
+        if f"img/{name}" in metrics:
+          metrics[name] = metrics[f"img/{name}"]
+      return state, metrics
+
+    return step_with_aliases
+
+  def reset_thresholds(self, state):
+    """``state`` with fresh image and text thresholds (lambda = lam_init, moments 0)."""
+    if state.per_sample.thresholds_img is None:
+      return state
+    fresh = state_lib.init_per_sample_state_sharded(self.num_samples, self.objective, self.mesh)
+    per = state.per_sample.replace(thresholds_img=fresh.thresholds_img,
+                                   thresholds_txt=fresh.thresholds_txt)
+    return state.replace(per_sample=per)
+
+  def checkpointer(self):
+    reset = self.reset_thresholds if self.config.glofnd.reset_lambda_on_resume else None
+    return _Checkpointer(
+        self.workdir / "checkpoints", max_to_keep=self.config.keep_checkpoints,
+        fingerprint=checkpoint_lib.config_fingerprint(self.config, self.num_samples),
+        reset_on_resume=reset)
+
+  def thresholds_for_snapshot(self, state):
+    """The image-anchor lambda (``None`` for modes without learned thresholds). Keys that are
+    holes keep ``lam_init``."""
+    thresholds = state.per_sample.thresholds_img
+    return None if thresholds is None else thresholds[0].lam
+
+  def evaluate(self, state) -> dict:
+    return evaluation_clip.evaluate_clip_run(self, state)
+
+
+class _Checkpointer(checkpoint_lib.Checkpointer):
+  """A :class:`~glofnd_jax.checkpoint.Checkpointer` that can reset the thresholds on resume.
+
+  A training resume restores the data iterator too; ``glofnd-jax eval`` does not, and keeps the
+  learned thresholds.
+  """
+
+  def __init__(self, directory, *, max_to_keep: int, fingerprint: dict | None = None,
+               reset_on_resume=None):
+    # make_pair_iterator slices global batches per process, as data.make_iterator does: the
+    # saved position is the step, the same for any process count.
+    super().__init__(directory, max_to_keep=max_to_keep, fingerprint=fingerprint,
+                     position_is_global=True)
+    self._reset = reset_on_resume
+
+  def restore(self, state_target, data_iterator=None, step=None):
+    state, step = super().restore(state_target, data_iterator, step)
+    if data_iterator is not None and self._reset is not None:
+      state = self._reset(state)
+      if jax.process_index() == 0:
+        print(f"glofnd.reset_lambda_on_resume: thresholds reset at step {step}")
+    return state, step
