@@ -20,7 +20,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 bench-quick: $(STAMP)
-	$(PY) benchmarks/threshold_update_scaling.py --quick
+	$(PY) -m pytest -q tests/test_benchmarks_quick.py
 
 clean:
 	rm -rf $(VENV) workdir

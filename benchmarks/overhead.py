@@ -125,6 +125,37 @@ def objective_cost(cases: list[dict], modes, *, steps: int, repeats: int) -> dic
   return out
 
 
+def plot(report: dict, path: pathlib.Path) -> None:
+  """Per-repeat step-time ratios to the baseline (wall and CPU), one panel per case."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  cases = report["cases"]
+  fig, axes = plt.subplots(1, len(cases), figsize=(5 * len(cases), 3.8), squeeze=False)
+  for ax, case in zip(axes[0], cases):
+    base = case["baseline"]
+    data, labels = [], []
+    for mode, entry in case["modes"].items():
+      if mode == base:
+        continue
+      cpu = [t / b for t, b in zip(entry["cpu_times_ms"], case["modes"][base]["cpu_times_ms"])
+             if b > 0]
+      data += [entry["ratios"], cpu]
+      labels += [f"{mode}\nwall", f"{mode}\nCPU"]
+    ax.boxplot(data, whis=(0, 100))
+    ax.set_xticks(range(1, len(labels) + 1))
+    ax.set_xticklabels(labels, fontsize=8)
+    ax.axhline(1.0, color="gray", lw=0.8)
+    ax.axhline(report["target_ratio"], color="C3", ls="--", lw=0.8, label="target 1.02")
+    ax.set_ylabel(f"step time / {base} (same repeat)")
+    ax.set_title(f"{case['case']} (B={case['batch']}): {case['repeats']} repeats x "
+                 f"{case['steps_per_block']} steps", fontsize=9)
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
 def markdown(report: dict) -> str:
   """The results table (wall-clock and CPU-time ratios to the baseline)."""
   rows = []
@@ -229,6 +260,7 @@ def main(argv=None):
                                          repeats=objective_repeats)
   report["wall_s"] = time.time() - started
   common.write_json(report, out)
+  plot(report, out.with_suffix(".png"))
 
   print(markdown(report))
   print(f"wrote {out}")

@@ -1,4 +1,4 @@
-"""Representation quality by detection mode on the digits: none / fnd / glofnd / glofnd_shared / oracle.
+"""Representation quality on the digits by detection mode: none/fnd/glofnd/glofnd_shared/oracle.
 
 SogCLR on the digits default (``configs/digits_sogclr_glofnd.py``), several seeds per mode. A seed
 fixes the network initialisation and the data order, so runs of the same seed are paired across
@@ -18,8 +18,8 @@ Protocol:
    the same start epoch; FND the same alpha), on seeds 0..S-1, evaluated on the test split.
 3. Statistics: mean +- std per mode; for each metric and each comparison (every mode vs ``none``,
    ``glofnd`` vs ``fnd`` and vs ``glofnd_shared``), Welch's t-test and the paired t-test over seeds
-   (scipy), with p-values as they are (no multiple-comparison correction; the number of tests is
-   printed).
+   (scipy); the paired p-values are also Holm-Bonferroni adjusted over the family of all tests
+   in the printed table.
 
 Runs are cached: each run's work dir (default ``workdir/quality_study/``) keeps its
 ``results.json``, and a rerun reuses finished runs and resumes unfinished ones from their
@@ -32,9 +32,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import io
 import itertools
-import json
 import math
 import pathlib
 import tempfile
@@ -68,10 +68,10 @@ METRICS = {  # name -> (label, getter on a results dict)
                           lambda r: (r.get("false_negatives") or {}).get("recall")),
 }
 REPRESENTATION = ("knn_top1", "probe_100", "probe_10", "probe_2")
+FAMILY = REPRESENTATION + ("fn_precision_batch", "fn_recall_batch")  # the tests reported
 
 
 def load_config():
-  import importlib.util
   spec = importlib.util.spec_from_file_location(CONFIG.stem, CONFIG)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -158,6 +158,16 @@ def compare(a: list, b: list) -> dict:
   return out
 
 
+def holm(p_values: dict) -> dict:
+  """Holm-Bonferroni adjusted p-values of a family ``{test name: p}`` (None entries skipped)."""
+  items = sorted((p, name) for name, p in p_values.items() if p is not None)
+  adjusted, running = {}, 0.0
+  for rank, (p, name) in enumerate(items):
+    running = max(running, min(1.0, (len(items) - rank) * p))
+    adjusted[name] = running
+  return adjusted
+
+
 def summarize(per_mode: dict) -> tuple[dict, dict]:
   summary = {}
   for mode, runs in per_mode.items():
@@ -175,6 +185,11 @@ def summarize(per_mode: dict) -> tuple[dict, dict]:
     comparisons[f"{a} vs {b}"] = {
         name: compare([r[name] for r in per_mode[a]], [r[name] for r in per_mode[b]])
         for name in METRICS}
+  # One family: every comparison on the metrics of the printed table, paired p-values.
+  family = {(c, m): tests[m]["paired_p"] for c, tests in comparisons.items() for m in FAMILY
+            if tests[m]["mean_difference"] is not None}
+  for (c, m), adjusted in holm(family).items():
+    comparisons[c][m]["paired_p_holm"] = adjusted
   return summary, comparisons
 
 
@@ -214,7 +229,8 @@ def fmt(entry) -> str:
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true",
-                      help="none and glofnd, 1 seed, 2 epochs, 10%% probe only, no tuning (a smoke test)")
+                      help="none and glofnd, 1 seed, 2 epochs, 10%% probe only, no tuning "
+                           "(a smoke test)")
   parser.add_argument("--seeds", type=int, default=5)
   parser.add_argument("--modes", default=",".join(MODES))
   parser.add_argument("--no-tune", action="store_true",
@@ -285,17 +301,19 @@ def main(argv=None):
       [[mode] + [fmt(summary[mode][n]) for n in METRICS] for mode in summary]))
   print()
   rows = []
+  p = lambda v: "-" if v is None else f"{v:.3f}"
   for name, per_metric in comparisons.items():
-    for metric in REPRESENTATION + ("fn_precision_batch", "fn_recall_batch"):
+    for metric in FAMILY:
       test = per_metric[metric]
       if test["mean_difference"] is None:
         continue
-      p = lambda v: "-" if v is None else f"{v:.3f}"
+      holm_p = test.get("paired_p_holm")
       rows.append([name, METRICS[metric][0], f"{100 * test['mean_difference']:+.2f}",
-                   p(test["welch_p"]), p(test["paired_p"])])
+                   p(test["welch_p"]), p(test["paired_p"]), p(holm_p),
+                   "yes" if holm_p is not None and holm_p < 0.05 else "no"])
   print(common.markdown_table(["comparison", "metric", "mean diff (pts)", "Welch p",
-                               "paired p"], rows))
-  print(f"{len(rows)} tests, p-values uncorrected. wrote {out} and {plot_path}")
+                               "paired p", "paired p, Holm", "significant (Holm, 0.05)"], rows))
+  print(f"{len(rows)} tests. wrote {out} and {plot_path}")
   return report
 
 

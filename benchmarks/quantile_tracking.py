@@ -12,13 +12,13 @@ all other samples of the dataset (:func:`glofnd_jax.evaluate.dataset_quantile`).
 Two settings:
 
 1. ``digits``: a real training run of the default config (``configs/digits_sogclr_glofnd.py``,
-   GloFND, seed 0, trained here with the library's run class and step). The exact quantile is over the
-   trained encoder's projections of the un-augmented training images (as ``glofnd-jax eval``'s
-   lambda error). GloFND's lambda was learned on augmented views in train mode, so its error
-   includes that gap. FND is shown both *as in training* (two augmented views through the network
-   in train mode, 2B - 2 negatives per row, the two rows averaged) -- the like-for-like
-   comparison -- and on the *un-augmented* projections (B - 1 negatives; pure sampling error, no
-   augmentation gap).
+   GloFND, seed 0, trained here with the library's run class and step). The exact quantile is
+   over the trained encoder's projections of the un-augmented training images (as
+   ``glofnd-jax eval``'s lambda error). GloFND's lambda was learned on augmented views in train
+   mode, so its error includes that gap. FND is shown both *as in training* (two augmented views
+   through the network in train mode, 2B - 2 negatives per row, the two rows averaged) -- the
+   like-for-like comparison -- and on the *un-augmented* projections (B - 1 negatives; pure
+   sampling error, no augmentation gap).
 2. ``synthetic``: fixed embeddings (no training): N points around K cluster centres on the unit
    sphere in d dimensions, one view per sample. GloFND's update runs on random mini-batches for
    E epochs (the library's threshold step, jitted ``lax.scan`` per epoch); FND uses the same

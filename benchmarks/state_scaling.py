@@ -5,7 +5,8 @@ Dense-BatchNorm-Dense encoder, global batch 256) for N = 1e4 ... 1e7, and 1e8 wh
 has the memory for it (``--max-n``), on a mesh of 8 fake CPU devices and on a 1-device mesh, and
 reports the per-sample state's bytes per sample and per device. Targets: the step costs
 O(batch), every N's step time within 5 % of the smallest N's (the median over repeats of the
-ratio within a repeat); the unimodal state is 16
+ratio within a repeat, by wall clock and by this process's CPU time, which on a shared machine
+does not count the time spent waiting for other processes); the unimodal state is 16
 bytes per sample (f32 lambda, its two Adam moments, SogCLR's u), divided evenly across devices.
 Sizes are timed round-robin (every repeat visits every N) so that load from other processes on
 the machine spreads evenly. Writes ``benchmarks/results/state_scaling.json``.
@@ -98,7 +99,7 @@ def make_run(num_samples: int, mesh, global_batch: int, num_batches: int = 4):
              "index": rng.choice(num_samples, global_batch, replace=False).astype(np.int32)}
     batches.append(jax.device_put(batch, mesh_lib.batch_sharding(mesh)))
   per_sample = jax.tree.leaves(state.per_sample)
-  run = {"step": step, "state": state, "batches": batches, "times": [],
+  run = {"step": step, "state": state, "batches": batches, "times": [], "cpu_times": [],
          "bytes_per_sample": sum(leaf.dtype.itemsize for leaf in per_sample),
          "bytes_per_device": sum(leaf.addressable_shards[0].data.nbytes for leaf in per_sample),
          "padded": per_sample[0].shape[0]}
@@ -106,20 +107,49 @@ def make_run(num_samples: int, mesh, global_batch: int, num_batches: int = 4):
   return run
 
 
-def time_steps(run: dict, steps: int) -> float:
-  """Milliseconds per step over ``steps`` consecutive steps (state donated and carried).
+def time_steps(run: dict, steps: int) -> tuple[float, float]:
+  """Wall and process-CPU milliseconds per step over ``steps`` consecutive steps (state donated
+  and carried).
 
   Waits for every step: XLA:CPU with 8 fake devices on 2 cores deadlocked in a collective's
   rendezvous when dozens of steps were dispatched ahead (the thread pool fills with waiting
-  device threads). The wait is the same for every N.
+  device threads). The wait is the same for every N. The CPU time (all of this process's
+  threads) does not include time the process waited for other processes on a shared machine.
   """
   state = run["state"]
-  start = time.perf_counter()
+  start, cpu_start = time.perf_counter(), time.process_time()
   for i in range(steps):
     state, metrics = run["step"](state, run["batches"][i % len(run["batches"])])
     metrics["loss"].block_until_ready()
   run["state"] = state
-  return (time.perf_counter() - start) / steps * 1e3
+  return ((time.perf_counter() - start) / steps * 1e3,
+          (time.process_time() - cpu_start) / steps * 1e3)
+
+
+def plot(report: dict, path: pathlib.Path) -> None:
+  """Step time vs N (wall and CPU medians with min-max) for each device count."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharex=True)
+  for ax, (key, label) in zip(axes, (("ms_per_step", "wall"), ("cpu_ms_per_step", "process CPU"))):
+    for devices in sorted({r["devices"] for r in report["rows"]}):
+      own = [r for r in report["rows"] if r["devices"] == devices]
+      n = [r["N"] for r in own]
+      values = [r[key + "_all"] for r in own]
+      median = [statistics.median(v) for v in values]
+      ax.errorbar(n, median, yerr=[[m - min(v) for m, v in zip(median, values)],
+                                   [max(v) - m for m, v in zip(median, values)]],
+                  marker="o", capsize=3, label=f"{devices} device(s)")
+    ax.set_xscale("log")
+    ax.set_xlabel("N (per-sample state rows)")
+    ax.set_ylabel(f"{label} ms / step")
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"{label} time (median, min-max over repeats)", fontsize=9)
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
 
 
 def main(argv=None):
@@ -142,18 +172,23 @@ def main(argv=None):
     runs = {n: make_run(n, mesh, args.batch) for n in sizes}
     for _ in range(repeats):  # round-robin over N
       for n in sizes:
-        runs[n]["times"].append(time_steps(runs[n], steps))
-    smallest = runs[sizes[0]]["times"]
+        wall, cpu = time_steps(runs[n], steps)
+        runs[n]["times"].append(wall)
+        runs[n]["cpu_times"].append(cpu)
+    smallest, smallest_cpu = runs[sizes[0]]["times"], runs[sizes[0]]["cpu_times"]
     for n in sizes:
       run = runs[n]
       median = statistics.median(run["times"])
       # Paired by repeat (the sizes of one repeat ran back to back), then the median: robust to
       # load from other processes that comes and goes between repeats.
       paired = statistics.median(t / t0 for t, t0 in zip(run["times"], smallest))
+      paired_cpu = statistics.median(t / t0 for t, t0 in zip(run["cpu_times"], smallest_cpu))
       rows.append({"devices": devices, "N": n, "N_pad": run["padded"], "batch": args.batch,
                    "ms_per_step_median": median,
                    "ms_per_step_min": min(run["times"]), "ms_per_step_max": max(run["times"]),
                    "ms_per_step_all": run["times"], "ratio_to_smallest_n": paired,
+                   "cpu_ms_per_step_median": statistics.median(run["cpu_times"]),
+                   "cpu_ms_per_step_all": run["cpu_times"], "cpu_ratio_to_smallest_n": paired_cpu,
                    "state_bytes_per_sample": run["bytes_per_sample"],
                    "state_bytes_per_device": run["bytes_per_device"],
                    "bytes_as_expected": (
@@ -166,8 +201,11 @@ def main(argv=None):
     own = [r for r in rows if r["devices"] == devices]
     ratios[devices] = own[-1]["ms_per_step_median"] / own[0]["ms_per_step_median"]
     deviation = max(abs(r["ratio_to_smallest_n"] - 1.0) for r in own)
+    cpu_deviation = max(abs(r["cpu_ratio_to_smallest_n"] - 1.0) for r in own)
     checks[str(devices)] = {"max_deviation_from_smallest_n": deviation,
                             "flat_within_5pct": deviation <= FLAT_TOLERANCE,
+                            "cpu_max_deviation_from_smallest_n": cpu_deviation,
+                            "cpu_flat_within_5pct": cpu_deviation <= FLAT_TOLERANCE,
                             "bytes_as_expected": all(r["bytes_as_expected"] for r in own)}
   report = {"benchmark": "state_scaling", "quick": args.quick, "steps_per_repeat": steps,
             "repeats": repeats, "device": jax.devices()[0].device_kind,
@@ -178,20 +216,24 @@ def main(argv=None):
             "checks": checks}
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(report, indent=1))
+  plot(report, out.with_suffix(".png"))
 
-  print("| devices | N | ms/step (median) | min | max | / smallest N | state bytes/sample "
-        "| state bytes/device |")
-  print("|---|---|---|---|---|---|---|---|")
+  print("| devices | N | wall ms/step (median) | min | max | wall / smallest N | "
+        "CPU ms/step (median) | CPU / smallest N | state bytes/sample | state bytes/device |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
   for r in rows:
     print(f"| {r['devices']} | {r['N']:.0e} | {r['ms_per_step_median']:.2f} | "
           f"{r['ms_per_step_min']:.2f} | {r['ms_per_step_max']:.2f} | "
-          f"{r['ratio_to_smallest_n']:.3f} | {r['state_bytes_per_sample']} | "
+          f"{r['ratio_to_smallest_n']:.3f} | {r['cpu_ms_per_step_median']:.2f} | "
+          f"{r['cpu_ratio_to_smallest_n']:.3f} | {r['state_bytes_per_sample']} | "
           f"{r['state_bytes_per_device']:,} |")
   for devices, ratio in ratios.items():
     check = checks[str(devices)]
     print(f"{devices} device(s): largest N / smallest N step time = {ratio:.3f}; max deviation "
-          f"{check['max_deviation_from_smallest_n']:.3f} (flat within 5%: "
-          f"{'yes' if check['flat_within_5pct'] else 'no'}); bytes as expected: "
+          f"wall {check['max_deviation_from_smallest_n']:.3f} (flat within 5%: "
+          f"{'yes' if check['flat_within_5pct'] else 'no'}), CPU "
+          f"{check['cpu_max_deviation_from_smallest_n']:.3f} (flat within 5%: "
+          f"{'yes' if check['cpu_flat_within_5pct'] else 'no'}); bytes as expected: "
           f"{'yes' if check['bytes_as_expected'] else 'no'}")
   return report
 
