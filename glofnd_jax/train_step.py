@@ -107,6 +107,15 @@ def _apply_gradients(tx, state: TrainState, grads, batch_stats, per_sample) -> T
                        batch_stats=batch_stats, opt_state=opt_state, per_sample=per_sample)
 
 
+def _differentiate_and_update(tx, state: TrainState, loss_fn, epoch):
+  """The shared end of every step: gradients of ``loss_fn``, optax update, scalar metrics."""
+  (_, (aux, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  new_state = _apply_gradients(tx, state, grads, stats, aux.state)
+  metrics = _scalars(aux.metrics)
+  metrics.update(grad_norm=optax.tree.norm(grads), epoch=epoch.astype(jnp.float32))
+  return new_state, metrics
+
+
 def _row_constraint(mesh: Mesh):
   """Keep ``(R, B, C)`` similarity rows and masks split by anchor: no device builds all B rows."""
   return lambda x: mesh_lib.constrain_similarity_rows(x, mesh)
@@ -266,11 +275,7 @@ def make_unimodal_train_step(model: nn.Module, tx: optax.GradientTransformation,
                                                 epoch, objective_config, labels, rows)
       return loss, (aux, stats)
 
-    (_, (aux, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    new_state = _apply_gradients(tx, state, grads, stats, aux.state)
-    metrics = _scalars(aux.metrics)
-    metrics.update(grad_norm=optax.tree.norm(grads), epoch=epoch.astype(jnp.float32))
-    return new_state, metrics
+    return _differentiate_and_update(tx, state, loss_fn, epoch)
 
   return _compile(step, num_samples, objective_config, mesh, global_batch, nonfinite)
 
@@ -314,11 +319,7 @@ def make_bimodal_train_step(model: nn.Module, tx: optax.GradientTransformation,
                                                objective_config, batch.get("label"), rows)
       return loss, (aux, stats)
 
-    (_, (aux, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    new_state = _apply_gradients(tx, state, grads, stats, aux.state)
-    metrics = _scalars(aux.metrics)
-    metrics.update(grad_norm=optax.tree.norm(grads), epoch=epoch.astype(jnp.float32))
-    return new_state, metrics
+    return _differentiate_and_update(tx, state, loss_fn, epoch)
 
   return _compile(step, num_samples, objective_config, mesh, global_batch, nonfinite)
 
