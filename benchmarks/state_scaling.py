@@ -158,12 +158,16 @@ def main(argv=None):
   parser.add_argument("--batch", type=int, default=256, help="global batch")
   parser.add_argument("--max-n", type=float, default=1e8,
                       help="largest N (powers of ten from 1e4; skipped if memory is short)")
+  parser.add_argument("--repeats", type=int, default=None, help="round-robin repeats (default 9)")
+  parser.add_argument("--steps", type=int, default=None, help="steps per timed block (default 40)")
   parser.add_argument("--out", type=pathlib.Path, default=None)
   args = parser.parse_args(argv)
+  started = time.time()
   sizes, skipped = sizes_for(int(args.max_n), args.quick)
   if skipped:
     print(f"skipping N = {', '.join(f'{n:.0e}' for n in skipped)}: not enough free memory")
   steps, repeats = (10, 3) if args.quick else (40, 9)
+  steps, repeats = args.steps or steps, args.repeats or repeats
   out = args.out or RESULTS / ("state_scaling_quick.json" if args.quick else "state_scaling.json")
 
   meshes = {8: mesh_lib.make_mesh(), 1: mesh_lib.make_mesh(jax.devices()[:1])}
@@ -213,7 +217,7 @@ def main(argv=None):
             "load_average_at_start": os.getloadavg(), "skipped_sizes": skipped,
             "target": {"flat_tolerance": FLAT_TOLERANCE, "bytes_per_sample": BYTES_PER_SAMPLE},
             "rows": rows, "largest_over_smallest": {str(k): v for k, v in ratios.items()},
-            "checks": checks}
+            "checks": checks, "wall_s": time.time() - started}
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(report, indent=1))
   plot(report, out.with_suffix(".png"))

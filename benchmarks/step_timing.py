@@ -21,7 +21,6 @@ without the data-pipeline dependencies.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 from typing import Any, Callable, Sequence
@@ -31,7 +30,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from glofnd_jax import detection
 from glofnd_jax import mesh as mesh_lib
 from glofnd_jax import objectives
 from glofnd_jax import train_step as ts
@@ -39,28 +37,15 @@ from glofnd_jax import train_step as ts
 import common
 
 
-NO_DIAGNOSTIC = "-nodiag"
+WITH_QUANTILE_METRIC = "+qmetric"
 
 
-@contextlib.contextmanager
-def without_batch_quantile_diagnostic():
-  """Trace with ``detection.diagnostics(..., with_quantile=False)``.
-
-  The ``batch_quantile_mean`` metric every detection mode but ``none`` reports sorts the
-  ``(2, B, 2B)`` similarity rows; a mode name ending in ``-nodiag`` (``glofnd-nodiag``) compiles
-  the same step without that metric, to separate the method's own cost from the diagnostic's.
-  """
-  original = detection.diagnostics
-
-  def diagnostics(*args, **kwargs):
-    kwargs["with_quantile"] = False
-    return original(*args, **kwargs)
-
-  detection.diagnostics = diagnostics
-  try:
-    yield
-  finally:
-    detection.diagnostics = original
+def mode_config(objective: objectives.UnimodalConfig, mode: str) -> objectives.UnimodalConfig:
+  """``objective`` with detection ``mode``; a name ending in ``+qmetric`` (``glofnd+qmetric``)
+  also turns on the optional ``batch_quantile_mean`` metric (a ``top_k`` of the similarity rows
+  every step), to measure what that diagnostic costs on top of the method."""
+  return dataclasses.replace(objective, mode=mode.removesuffix(WITH_QUANTILE_METRIC),
+                             quantile_metric=mode.endswith(WITH_QUANTILE_METRIC))
 
 
 @dataclasses.dataclass
@@ -118,24 +103,20 @@ def build_step(model, tx: optax.GradientTransformation, objective: objectives.Un
                batches: list[dict] | None = None) -> ModeRun:
   """Compile (ahead of time) and warm up the step of ``mode`` with a fresh train state.
 
-  ``objective`` is the template, used with ``mode`` replaced (a name ending in ``-nodiag``
-  compiles that mode without the batch-quantile diagnostic, see above). Thresholds should start
+  ``objective`` is the template, used with ``mode`` replaced (see :func:`mode_config`). Thresholds should start
   at epoch 0 (``start_update = start_mask = 0``) so that the detection is active in every timed
   step. ``batches`` default to :func:`random_batches` for ``num_samples``.
   """
   if batches is None:
     batches = random_batches(jax.random.key(seed + 1), batch=batch, image_shape=image_shape,
                              num_samples=num_samples, mesh=mesh)
-  config = dataclasses.replace(objective, mode=mode.removesuffix(NO_DIAGNOSTIC))
+  config = mode_config(objective, mode)
   step = ts.make_unimodal_train_step(model, tx, config, num_samples=num_samples,
                                      global_batch=batch, mesh=mesh)
   state = ts.create_train_state(model, tx, np.zeros((2, *image_shape), np.float32), config,
                                 num_samples, mesh, jax.random.key(seed))
-  patch = (without_batch_quantile_diagnostic() if mode.endswith(NO_DIAGNOSTIC)
-           else contextlib.nullcontext())
   start = time.perf_counter()
-  with patch:
-    compiled = step.lower(state, batches[0]).compile()
+  compiled = step.lower(state, batches[0]).compile()
   run = ModeRun(mode=mode, step=compiled, state=state, batches=batches,
                 compile_s=time.perf_counter() - start, memory=_memory_analysis(compiled))
   time_block(run, warmup_steps)  # first executions: allocation, autotuning
@@ -150,7 +131,7 @@ def build_objective_step(objective: objectives.UnimodalConfig, mode: str, *, bat
   What a train step adds to the network's forward and backward pass, timed without the network
   (per-sample state donated, one device). Same mode names as :func:`build_step`.
   """
-  config = dataclasses.replace(objective, mode=mode.removesuffix(NO_DIAGNOSTIC))
+  config = mode_config(objective, mode)
   epoch = max(config.thresholds.start_update, config.thresholds.start_mask)
 
   def step(state, batch_features):
@@ -169,11 +150,8 @@ def build_objective_step(objective: objectives.UnimodalConfig, mode: str, *, bat
                     "view2": jax.random.normal(k2, (batch, dim)),
                     "index": jax.random.choice(k3, num_samples, (batch,), replace=False)})
   state = objectives.init_unimodal_state(num_samples, config)
-  patch = (without_batch_quantile_diagnostic() if mode.endswith(NO_DIAGNOSTIC)
-           else contextlib.nullcontext())
   start = time.perf_counter()
-  with patch:
-    compiled = jax.jit(step, donate_argnums=0).lower(state, batches[0]).compile()
+  compiled = jax.jit(step, donate_argnums=0).lower(state, batches[0]).compile()
   run = ModeRun(mode=mode, step=compiled, state=state, batches=batches,
                 compile_s=time.perf_counter() - start)
   time_block(run, warmup_steps)

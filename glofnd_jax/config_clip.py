@@ -95,21 +95,8 @@ def clip_base_config() -> ml_collections.ConfigDict:
   c.loss.gamma_decay_epochs = 18  # ... over this many epochs
   c.loss.gamma_schedule = "cosine"  # cosine | constant (gamma_min from epoch 1)
 
-  c.glofnd = ml_collections.ConfigDict()  # as config_lib.base_config's glofnd section, plus:
-  c.glofnd.mode = "glofnd"     # none | fnd | glofnd | glofnd_shared | oracle (needs labels)
-  c.glofnd.alpha = 1e-3
-  c.glofnd.alphas = ()
-  c.glofnd.lr = 0.05
-  c.glofnd.b1 = 0.9
-  c.glofnd.b2 = 0.98
-  c.glofnd.eps = 1e-14         # FastCLIP passes its eps to the threshold Adam
-  c.glofnd.lam_init = 1.0
-  c.glofnd.start_update_epoch = 20
-  c.glofnd.start_mask_epoch = 20
-  c.glofnd.init_quantile = False
-  c.glofnd.clip_grad_mult = 0.0
-  c.glofnd.normalize_by_alpha = False
-  c.glofnd.per_sample_steps = False
+  c.glofnd = config_lib.glofnd_section(  # FastCLIP passes its eps to the threshold Adam
+      alpha=1e-3, eps=1e-14, start_update_epoch=20, start_mask_epoch=20)
   c.glofnd.reset_lambda_on_resume = False  # on resume: lambda = lam_init, moments 0 (u kept)
 
   c.optim = ml_collections.ConfigDict()
@@ -169,7 +156,7 @@ def bimodal_objective_config(config) -> objectives.BimodalConfig:
       version=l.version, mode=config.glofnd.mode, thresholds=config_lib.threshold_config(config),
       alphas=tuple(float(a) for a in config.glofnd.alphas), rho=l.rho, eps=l.eps,
       gamma_min=l.gamma_min, gamma_decay_epochs=l.gamma_decay_epochs,
-      gamma_schedule=l.gamma_schedule)
+      gamma_schedule=l.gamma_schedule, quantile_metric=bool(config.glofnd.quantile_metric))
 
 
 def build_model(config, vocab_size: int) -> clip_models.CLIP:

@@ -17,6 +17,31 @@ from glofnd_jax import augment as augment_lib
 from glofnd_jax import detection, objectives, thresholds
 
 
+def glofnd_section(**overrides) -> ml_collections.ConfigDict:
+  """The ``glofnd`` config section (shared by every task), with recipe-specific defaults."""
+  g = ml_collections.ConfigDict()
+  g.mode = "glofnd"            # none | fnd | glofnd | glofnd_shared | oracle (needs labels)
+  g.alpha = 0.01
+  g.alphas = ()                # several alphas at once (losses averaged); () = just alpha
+  g.lr = 0.05                  # the thresholds' Adam
+  g.b1 = 0.9
+  g.b2 = 0.98
+  g.eps = 1e-8
+  g.lam_init = 1.0
+  g.start_update_epoch = 10    # threshold updates from this epoch
+  g.start_mask_epoch = 10      # false negatives removed from the loss from this epoch
+  g.init_quantile = False      # at start_update_epoch set lambda to the mini-batch quantile
+  g.clip_grad_mult = 0.0
+  g.normalize_by_alpha = False
+  g.per_sample_steps = False
+  g.quantile_metric = False    # log batch_quantile_mean in every mode (a top_k per step)
+  for key, value in overrides.items():
+    if key not in g:
+      raise KeyError(f"glofnd_section: unknown field glofnd.{key}")
+    g[key] = value
+  return g
+
+
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.task = "unimodal"           # unimodal (SogCLR/SimCLR on images)
@@ -66,21 +91,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.temperature = 0.1
   c.loss.gamma = 0.9
 
-  c.glofnd = ml_collections.ConfigDict()
-  c.glofnd.mode = "glofnd"     # none | fnd | glofnd | glofnd_shared | oracle
-  c.glofnd.alpha = 0.01
-  c.glofnd.alphas = ()         # several alphas at once (losses averaged); () = just alpha
-  c.glofnd.lr = 0.05
-  c.glofnd.b1 = 0.9
-  c.glofnd.b2 = 0.98
-  c.glofnd.eps = 1e-8
-  c.glofnd.lam_init = 1.0
-  c.glofnd.start_update_epoch = 10
-  c.glofnd.start_mask_epoch = 10
-  c.glofnd.init_quantile = False
-  c.glofnd.clip_grad_mult = 0.0
-  c.glofnd.normalize_by_alpha = False
-  c.glofnd.per_sample_steps = False
+  c.glofnd = glofnd_section()
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "lars"        # lars | adamw | sgd
@@ -203,7 +214,8 @@ def unimodal_objective_config(config) -> objectives.UnimodalConfig:
   return objectives.UnimodalConfig(
       loss=config.loss.name, mode=config.glofnd.mode, thresholds=threshold_config(config),
       alphas=tuple(float(a) for a in config.glofnd.alphas),
-      temperature=config.loss.temperature, gamma=config.loss.gamma)
+      temperature=config.loss.temperature, gamma=config.loss.gamma,
+      quantile_metric=bool(config.glofnd.quantile_metric))
 
 
 def augment_config(config):

@@ -54,7 +54,8 @@ class Detection(NamedTuple):
 
 def detect(mode: str, sims: jax.Array, negatives: jax.Array, index: jax.Array, epoch,
            config: thr.ThresholdConfig, state: thr.ThresholdState | None = None,
-           row_labels: jax.Array | None = None, col_labels: jax.Array | None = None) -> Detection:
+           row_labels: jax.Array | None = None, col_labels: jax.Array | None = None,
+           quantile_metric: bool = False) -> Detection:
   """Update thresholds (learned modes) and compute the keep-mask, in the reference's order.
 
   Args:
@@ -67,6 +68,10 @@ def detect(mode: str, sims: jax.Array, negatives: jax.Array, index: jax.Array, e
     state: per-sample thresholds for the learned modes.
     row_labels, col_labels: ``(B,)`` and ``(C,)`` labels; required by ``oracle``, and when given
       precision/recall of the flags are reported.
+    quantile_metric: also report ``batch_quantile_mean``, the mean mini-batch (1 - alpha)
+      quantile, to compare with ``lambda_mean`` (static). Mode ``fnd`` reports it always (its
+      mask computes it anyway); for the other modes it costs a ``top_k`` of the similarity rows
+      each step, a few percent of a small model's step on CPU, hence off by default.
 
   Returns:
     A :class:`Detection`.
@@ -87,6 +92,7 @@ def detect(mode: str, sims: jax.Array, negatives: jax.Array, index: jax.Array, e
   elif mode == "fnd":
     quantile = thr.batch_quantile(sims, negatives, 1.0 - config.alpha)
     below = keep_mask(sims, negatives, quantile)
+    metrics["batch_quantile_mean"] = jnp.nanmean(quantile)
   else:  # oracle
     if row_labels is None or col_labels is None:
       raise ValueError("detection mode 'oracle' needs labels: pass row_labels and col_labels.")
@@ -95,7 +101,7 @@ def detect(mode: str, sims: jax.Array, negatives: jax.Array, index: jax.Array, e
   mask_active = epoch >= config.start_mask
   keep = jnp.where(mask_active, below, negatives)
   metrics.update(diagnostics(sims, negatives, keep, below, config.alpha, row_labels, col_labels,
-                             with_quantile=mode != "none"))
+                             with_quantile=quantile_metric and mode != "fnd"))
   return Detection(thresholds=state, keep=keep, below=below, metrics=metrics)
 
 

@@ -74,6 +74,8 @@ class UnimodalConfig:
     alphas: optional several alphas at once (overrides ``thresholds.alpha``); losses averaged.
     temperature: T.
     gamma: SogCLR moving-average rate.
+    quantile_metric: report ``batch_quantile_mean`` in every mode (see
+      :func:`glofnd_jax.detection.detect`; costs a ``top_k`` per step).
   """
 
   loss: str = "sogclr"
@@ -82,6 +84,7 @@ class UnimodalConfig:
   alphas: tuple[float, ...] = ()
   temperature: float = 0.1
   gamma: float = 0.9
+  quantile_metric: bool = False
 
   def __post_init__(self):
     if self.loss not in losses.UNIMODAL_LOSSES:
@@ -152,7 +155,7 @@ def unimodal_objective(h1: jax.Array, h2: jax.Array, index: jax.Array, state: Un
   for k, tconfig in enumerate(config.threshold_configs):
     found = detection.detect(config.mode, sims, negatives, index, epoch, tconfig,
                              None if state.thresholds is None else state.thresholds[k],
-                             labels, col_labels)
+                             labels, col_labels, quantile_metric=config.quantile_metric)
     loss, (loss_state, loss_metrics) = loss_fn(h1, h2, index, state.loss[k], found.keep,
                                                temperature=config.temperature, gamma=config.gamma)
     total = total + loss
@@ -186,6 +189,7 @@ class BimodalConfig:
     rho: v3's rho.
     eps: added to ``u`` in the loss (1e-14).
     gamma_min, gamma_decay_epochs, gamma_schedule: the ``u`` rate schedule.
+    quantile_metric: report ``batch_quantile_mean`` in every mode (costs a ``top_k`` per step).
   """
 
   version: str = "v3"
@@ -197,6 +201,7 @@ class BimodalConfig:
   gamma_min: float = 0.2
   gamma_decay_epochs: int = 18
   gamma_schedule: str = "cosine"
+  quantile_metric: bool = False
 
   def __post_init__(self):
     if self.version not in ("v1", "v3"):
@@ -266,9 +271,11 @@ def bimodal_objective(img: jax.Array, txt: jax.Array, index_img: jax.Array, inde
   for k, tconfig in enumerate(config.threshold_configs):
     learned = state.thresholds_img is not None
     found_img = detection.detect(config.mode, s_img, negatives, index_img, epoch, tconfig,
-                                 state.thresholds_img[k] if learned else None, labels, labels)
+                                 state.thresholds_img[k] if learned else None, labels, labels,
+                                 quantile_metric=config.quantile_metric)
     found_txt = detection.detect(config.mode, s_txt, negatives, index_txt, epoch, tconfig,
-                                 state.thresholds_txt[k] if learned else None, labels, labels)
+                                 state.thresholds_txt[k] if learned else None, labels, labels,
+                                 quantile_metric=config.quantile_metric)
     loss, (loss_state, loss_metrics) = losses.fastclip_loss(
         img, txt, index_img, index_txt, state.loss[k], found_img.keep, found_txt.keep,
         logit_scale=logit_scale, gamma=gamma, version=config.version, rho=config.rho,

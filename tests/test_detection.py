@@ -71,6 +71,23 @@ def test_oracle_removes_same_label_and_fnd_flags_alpha_fraction():
     detection.detect("glofnd_typo", sims, negatives, jnp.arange(32), 0, config)
 
 
+@pytest.mark.parametrize("mode", ["glofnd", "fnd", "oracle"])
+def test_batch_quantile_metric_is_opt_in_except_for_fnd(mode):
+  h1, h2 = _views(jax.random.key(4), b=16)
+  sims = sim.unimodal_similarities(sim.l2_normalize(h1), sim.l2_normalize(h2))
+  negatives = sim.unimodal_negatives(16)
+  labels = jnp.arange(16) % 4
+  config = thr.ThresholdConfig(alpha=0.2)
+  state = thr.init_thresholds(16, config)
+  args = (mode, sims, negatives, jnp.arange(16), 0, config, state, labels,
+          jnp.concatenate([labels, labels]))
+  expected = np.nanmean(thr.batch_quantile(sims, negatives, 0.8))
+  default = detection.detect(*args).metrics
+  assert ("batch_quantile_mean" in default) == (mode == "fnd")
+  with_metric = detection.detect(*args, quantile_metric=True).metrics
+  np.testing.assert_allclose(with_metric["batch_quantile_mean"], expected, rtol=1e-6)
+
+
 def test_precision_recall_match_brute_force():
   rng = np.random.default_rng(0)
   sims = jnp.asarray(rng.uniform(-1, 1, (2, 10, 20)), jnp.float32)
@@ -161,3 +178,15 @@ def test_cosine_gamma_schedule():
   expected = [1.0] + [0.2 + 0.8 * 0.5 * (1 + np.cos(np.pi * e / 4)) for e in (1, 2, 3)] + [0.2, 0.2]
   np.testing.assert_allclose(values, expected, rtol=1e-6)
   assert float(losses.cosine_gamma(3, 0.2, 4, "constant")) == pytest.approx(0.2)
+
+
+def test_quantile_metric_config_reaches_both_objectives():
+  from glofnd_jax import config_clip, config_lib  # pylint: disable=g-import-not-at-top
+  unimodal, clip = config_lib.base_config(), config_clip.clip_base_config()
+  assert not config_lib.unimodal_objective_config(unimodal).quantile_metric
+  assert not config_clip.bimodal_objective_config(clip).quantile_metric
+  unimodal.glofnd.quantile_metric = clip.glofnd.quantile_metric = True
+  assert config_lib.unimodal_objective_config(unimodal).quantile_metric
+  assert config_clip.bimodal_objective_config(clip).quantile_metric
+  with pytest.raises(KeyError, match="glofnd.alpah"):
+    config_lib.glofnd_section(alpah=0.1)

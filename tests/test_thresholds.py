@@ -101,6 +101,25 @@ def test_init_quantile_matches_numpy_and_keeps_moments():
   assert np.any(thr.moments(state2).mu)
 
 
+@pytest.mark.parametrize("q", [0.0, 0.03, 0.5, 0.87, 0.9, 0.999, 1.0])
+def test_batch_quantile_top_k_path_equals_numpy_and_full_sort(q):
+  """The static-q top_k path must give numpy's linear quantile for every negative count."""
+  key = jax.random.key(11)
+  sims = jax.random.normal(key, (2, 12, 33))
+  # Row counts 0, 1, 2, ... up to all 33 columns, so every rank the top_k must cover is hit.
+  count = (jnp.arange(2 * 12).reshape(2, 12) * 3) % 34
+  negatives = jnp.arange(33)[None, None, :] < count[..., None]
+  negatives = jax.random.permutation(jax.random.key(2), negatives, axis=-1, independent=True)
+  got = np.asarray(jax.jit(thr.batch_quantile, static_argnums=2)(sims, negatives, q))
+  traced = np.asarray(jax.jit(thr.batch_quantile)(sims, negatives, jnp.float32(q)))  # sort path
+  s, n = np.asarray(sims), np.asarray(negatives)
+  rows = [[np.quantile(s[r, b][n[r, b]], q) if n[r, b].any() else np.nan for b in range(12)]
+          for r in range(2)]
+  expected = np.mean(rows, axis=0)
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(got, traced, rtol=1e-6, atol=1e-6)
+
+
 def test_shared_threshold_pools_the_batch():
   config = thr.ThresholdConfig(alpha=0.25, lr=0.1, b1=0.0, b2=0.0)
   state = thr.init_thresholds(1, config)

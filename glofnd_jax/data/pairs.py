@@ -38,13 +38,12 @@ import pathlib
 from typing import Any, Callable, Sequence
 
 import grain
-import jax
 import msgpack
 import numpy as np
 
 from glofnd_jax.data import webdataset
 from glofnd_jax.data.decode import decode_image, resize_image, RESIZE_MODES
-from glofnd_jax.data.pipeline import steps_per_epoch
+from glofnd_jax.data import pipeline
 
 BAD_SAMPLE_POLICIES = ("skip", "fail")
 
@@ -356,19 +355,6 @@ def screen_samples(source, *, on_bad_sample: str = "skip", verify_images: bool =
 # ----------------------------------------------------------------------------- pipeline
 
 
-class _PadPairs:
-  """A source ``length`` long; positions past the end repeat earlier pairs (marked later)."""
-
-  def __init__(self, source, length: int):
-    self._source, self._length = source, length
-
-  def __len__(self) -> int:
-    return self._length
-
-  def __getitem__(self, position: int):
-    return self._source[position % len(self._source)]
-
-
 class _AttachKey:
   """``map_with_index``: adds ``position`` (in the source) and ``index`` = the sample's key.
 
@@ -432,34 +418,14 @@ def make_pair_dataset(source, tokenizer: Callable[[str], np.ndarray], *, global_
     C), 'text': int32 (b, L), 'index_img', 'index_txt': int32 (b,) keys, 'label': int32 (b,)}``;
     evaluation padding rows have key and label -1.
   """
-  process_index = jax.process_index() if process_index is None else process_index
-  process_count = jax.process_count() if process_count is None else process_count
-  if not 0 <= process_index < process_count:
-    raise ValueError(f"process_index={process_index} is outside [0, {process_count}).")
-  if global_batch_size <= 0 or global_batch_size % process_count:
-    raise ValueError(f"global_batch_size={global_batch_size} must be a positive multiple of the "
-                     f"process count {process_count}.")
-  if not drop_remainder and shuffle:
-    raise ValueError("drop_remainder=False pads the last batch (evaluation): use shuffle=False.")
-  num_records = len(source)
-  steps = steps_per_epoch(num_records, global_batch_size, drop_remainder)
-  if steps == 0:
-    raise ValueError(f"the source holds {num_records} pairs, fewer than one global batch of "
-                     f"{global_batch_size}: lower the batch size.")
-  epoch_length = steps * global_batch_size
   if isinstance(image_size, int):
     image_size = (image_size, image_size)
-  padded_length = max(num_records, epoch_length)
-  ds = grain.MapDataset.source(_PadPairs(source, padded_length) if padded_length > num_records
-                               else source)
-  ds = ds.map_with_index(_AttachKey(num_records, padded_length))
-  if shuffle:
-    ds = ds.shuffle(seed=seed)
-  ds = ds[:epoch_length]
-  ds = ds.map(DecodeAndTokenize(source, tokenizer, image_size, channels, resize_mode))
-  ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
-  ds = ds[process_index::process_count]
-  return ds.repeat(num_epochs)
+  decode = DecodeAndTokenize(source, tokenizer, image_size, channels, resize_mode)
+  return pipeline.indexed_batches(source, _AttachKey, decode,
+                                  global_batch_size=global_batch_size, seed=seed,
+                                  shuffle=shuffle, num_epochs=num_epochs,
+                                  drop_remainder=drop_remainder, process_index=process_index,
+                                  process_count=process_count, what="pairs")
 
 
 def make_pair_iterator(source, tokenizer, *, read_threads: int = 1, prefetch_batches: int = 2,

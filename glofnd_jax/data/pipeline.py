@@ -27,7 +27,7 @@ iterator (:func:`make_iterator`) is a ``grain.DatasetIterator``: ``get_state()``
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import grain
 import jax
@@ -78,6 +78,52 @@ class _AttachIndex:
     return record
 
 
+def indexed_batches(source: Sequence[Any], attach: Callable[[int, int], Callable],
+                    decode: Callable[[dict[str, Any]], dict[str, Any]], *,
+                    global_batch_size: int, seed: int, shuffle: bool, num_epochs: int | None,
+                    drop_remainder: bool, process_index: int | None,
+                    process_count: int | None, what: str = "records") -> grain.MapDataset:
+  """Stages 1-7 of the module doc for any record type (images here, image-text pairs too).
+
+  Args:
+    source: random-access source.
+    attach: ``attach(num_records, padded_length)`` returns the ``map_with_index`` transform that
+      records each example's position / key (and marks padding rows); it runs before the shuffle.
+    decode: per-example transform run after the shuffle and the epoch slice.
+    global_batch_size ... process_count: as :func:`make_dataset`.
+    what: the records' name in error messages.
+  """
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index={process_index} is outside [0, {process_count}).")
+  if global_batch_size <= 0 or global_batch_size % process_count:
+    raise ValueError(f"global_batch_size={global_batch_size} must be a positive multiple of the "
+                     f"process count {process_count}.")
+  if not drop_remainder and shuffle:
+    raise ValueError("drop_remainder=False pads the last batch and is meant for evaluation: use "
+                     "it with shuffle=False.")
+  num_records = len(source)
+  steps = steps_per_epoch(num_records, global_batch_size, drop_remainder)
+  if steps == 0:
+    raise ValueError(f"the source holds {num_records} {what}, fewer than one global batch of "
+                     f"{global_batch_size}: lower the batch size.")
+  epoch_length = steps * global_batch_size
+
+  padded_length = max(num_records, epoch_length)
+  if padded_length > num_records:
+    source = _PadToLength(source, padded_length)
+  ds = grain.MapDataset.source(source)
+  ds = ds.map_with_index(attach(num_records, padded_length))
+  if shuffle:
+    ds = ds.shuffle(seed=seed)
+  ds = ds[:epoch_length]
+  ds = ds.map(decode)
+  ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
+  ds = ds[process_index::process_count]
+  return ds.repeat(num_epochs)
+
+
 def make_dataset(source: Sequence[dict[str, Any]], *, global_batch_size: int, seed: int = 0,
                  shuffle: bool = True, num_epochs: int | None = None,
                  drop_remainder: bool = True, image_size: int | tuple[int, int] | None = None,
@@ -109,37 +155,12 @@ def make_dataset(source: Sequence[dict[str, Any]], *, global_batch_size: int, se
     W, C), 'label': int32 (b,), 'index': int32 (b,)}`` with ``b = global_batch_size //
     process_count``; ``index`` is the global index into ``source``.
   """
-  process_index = jax.process_index() if process_index is None else process_index
-  process_count = jax.process_count() if process_count is None else process_count
-  if not 0 <= process_index < process_count:
-    raise ValueError(f"process_index={process_index} is outside [0, {process_count}).")
-  if global_batch_size <= 0 or global_batch_size % process_count:
-    raise ValueError(f"global_batch_size={global_batch_size} must be a positive multiple of the "
-                     f"process count {process_count}.")
-  if not drop_remainder and shuffle:
-    raise ValueError("drop_remainder=False pads the last batch and is meant for evaluation: use "
-                     "it with shuffle=False.")
-  num_records = len(source)
-  steps = steps_per_epoch(num_records, global_batch_size, drop_remainder)
-  if steps == 0:
-    raise ValueError(f"the source holds {num_records} records, fewer than one global batch of "
-                     f"{global_batch_size}: lower the batch size.")
-  epoch_length = steps * global_batch_size
   if isinstance(image_size, int):
     image_size = (image_size, image_size)
-
-  padded_length = max(num_records, epoch_length)
-  if padded_length > num_records:
-    source = _PadToLength(source, padded_length)
-  ds = grain.MapDataset.source(source)
-  ds = ds.map_with_index(_AttachIndex(num_records, padded_length))
-  if shuffle:
-    ds = ds.shuffle(seed=seed)
-  ds = ds[:epoch_length]
-  ds = ds.map(DecodeAndResize(image_size, channels, resize_mode))
-  ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
-  ds = ds[process_index::process_count]
-  return ds.repeat(num_epochs)
+  return indexed_batches(source, _AttachIndex, DecodeAndResize(image_size, channels, resize_mode),
+                         global_batch_size=global_batch_size, seed=seed, shuffle=shuffle,
+                         num_epochs=num_epochs, drop_remainder=drop_remainder,
+                         process_index=process_index, process_count=process_count)
 
 
 def make_iterator(source: Sequence[dict[str, Any]], *, global_batch_size: int, seed: int = 0,
