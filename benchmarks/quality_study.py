@@ -25,7 +25,8 @@ Runs are cached: each run's work dir (default ``workdir/quality_study/``) keeps 
 ``results.json``, and a rerun reuses finished runs and resumes unfinished ones from their
 checkpoints. Writes ``benchmarks/results/quality_study.json`` and ``quality_study.png``.
 
-    python benchmarks/quality_study.py [--quick] [--seeds 5] [--out FILE] [--cache DIR]
+    python benchmarks/quality_study.py [--quick] [--seeds 5] [--modes ...] [--batch-size B]
+        [--no-tune --alpha A --start E] [--out FILE] [--cache DIR]
 """
 
 from __future__ import annotations
@@ -79,9 +80,11 @@ def load_config():
 
 
 def make_config(mode: str, seed: int, alpha: float, start: int, *, epochs: int | None,
-                on_validation: bool, probe_fractions=None):
+                on_validation: bool, probe_fractions=None, batch_size: int | None = None):
   c = load_config()
   c.seed = seed
+  if batch_size is not None:
+    c.batch_size = batch_size  # the optimiser's lr scales with it (config's lr_scaling)
   c.glofnd.mode = mode
   c.glofnd.alpha = alpha
   c.glofnd.start_update_epoch = start
@@ -122,13 +125,13 @@ def metric_values(results: dict) -> dict:
   return out
 
 
-def tune(cache: pathlib.Path, *, alphas, starts, seeds, epochs, log) -> dict:
+def tune(cache: pathlib.Path, *, alphas, starts, seeds, epochs, log, batch_size=None) -> dict:
   rows = []
   for alpha, start in itertools.product(alphas, starts):
     scores = []
     for seed in seeds:
       config = make_config("glofnd", seed, alpha, start, epochs=epochs, on_validation=True,
-                           probe_fractions=(1.0,))
+                           probe_fractions=(1.0,), batch_size=batch_size)
       results = run_once(config, cache / f"tune_a{alpha:g}_s{start}_seed{seed}", log)
       scores.append({"knn_top1": results["knn"]["top1"],
                      "probe_100": results["linear_probe"]["1"]["accuracy"]})
@@ -239,6 +242,9 @@ def main(argv=None):
   parser.add_argument("--start", type=int, default=None)
   parser.add_argument("--out", type=pathlib.Path, default=None)
   parser.add_argument("--plot", type=pathlib.Path, default=None)
+  parser.add_argument("--batch-size", type=int, default=None,
+                      help="global batch instead of the config's 128 (default cache: "
+                           "workdir/quality_study_b<B>)")
   parser.add_argument("--cache", type=pathlib.Path, default=None,
                       help="run work dirs (default workdir/quality_study; quick: a temp dir)")
   args = parser.parse_args(argv)
@@ -253,7 +259,8 @@ def main(argv=None):
     elif args.quick:
       cache = pathlib.Path(stack.enter_context(tempfile.TemporaryDirectory()))
     else:
-      cache = ROOT / "workdir" / "quality_study"
+      cache = ROOT / "workdir" / ("quality_study" if args.batch_size is None
+                                  else f"quality_study_b{args.batch_size}")
     cache.mkdir(parents=True, exist_ok=True)
     base = load_config()
     if args.quick:
@@ -270,7 +277,7 @@ def main(argv=None):
       else:
         log(f"tuning on validation: alpha in {ALPHAS}, start in {STARTS}, seeds {TUNING_SEEDS}")
         tuning = tune(cache, alphas=ALPHAS, starts=STARTS, seeds=TUNING_SEEDS, epochs=None,
-                      log=log)
+                      log=log, batch_size=args.batch_size)
         alpha, start = tuning["alpha"], tuning["start_epoch"]
     log(f"test runs: modes {', '.join(modes)}, seeds {list(seeds)}, alpha {alpha:g}, "
         f"start epoch {start}")
@@ -278,7 +285,7 @@ def main(argv=None):
     for seed in seeds:  # seed-major: a partial study has every mode for its first seeds
       for mode in modes:
         config = make_config(mode, seed, alpha, start, epochs=epochs, on_validation=False,
-                             probe_fractions=probe_fractions)
+                             probe_fractions=probe_fractions, batch_size=args.batch_size)
         values = metric_values(run_once(config, cache / f"{mode}_seed{seed}", log))
         if mode == "none":  # nothing is flagged: precision and recall are undefined, not 0
           values.update({name: None for name in METRICS if name.startswith("fn_")})
@@ -288,13 +295,14 @@ def main(argv=None):
   summary, comparisons = summarize(per_mode)
   report = {"benchmark": "quality_study", "quick": args.quick, "machine": common.machine(),
             "config": str(CONFIG.relative_to(ROOT)), "epochs": epochs or base.epochs,
+            "batch_size": args.batch_size or base.batch_size,
             "alpha": alpha, "start_epoch": start, "seeds": list(seeds), "tuning": tuning,
             "metrics": {name: label for name, (label, _) in METRICS.items()},
             "summary": summary, "runs": raw, "comparisons": comparisons,
             "wall_s": time.time() - started}
   common.write_json(report, out)
-  plot(summary, plot_path, f"SogCLR on digits, {len(seeds)} seed(s), alpha={alpha:g}, "
-       f"start epoch {start}")
+  plot(summary, plot_path, f"SogCLR on digits, batch {args.batch_size or base.batch_size}, "
+       f"{len(seeds)} seed(s), alpha={alpha:g}, start epoch {start}")
 
   print(common.markdown_table(
       ["mode"] + [METRICS[n][0] for n in METRICS],

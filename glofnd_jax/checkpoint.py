@@ -222,6 +222,23 @@ class Checkpointer:
     saved = ocp.tree.to_flat_dict(tree)
     target = ocp.tree.to_flat_dict(ocp.tree.serialize_tree(abstract, keep_empty_nodes=True))
     num_samples = (self.fingerprint or {}).get("num_samples")
+    # Fields one side has and the other lacks: a config with another optimiser or detection
+    # mode, or a checkpoint written by an older version of the train state.
+    name = lambda key: "/".join(map(str, key))
+    is_array = lambda leaf: hasattr(leaf, "shape")
+    missing = sorted(name(k) for k, leaf in target.items() if k not in saved and is_array(leaf))
+    extra = sorted(name(k) for k, leaf in saved.items() if k not in target and is_array(leaf))
+    if missing or extra:
+      listing = lambda keys: ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)"
+                                                    if len(keys) > 5 else "")
+      parts = ([f"this run needs {listing(missing)}, which the checkpoint lacks"]
+               if missing else []) + ([f"the checkpoint holds {listing(extra)}, which this run "
+                                       "does not build"] if extra else [])
+      raise IncompatibleCheckpointError(
+          f"checkpoint step {step} in {self.directory} has another train-state structure: "
+          f"{'; '.join(parts)}. It was written with another config (optimiser, detection mode, "
+          "loss) or by another glofnd-jax version; resume with the config and version it was "
+          "written with (the run's config.json), or start a new run in another --workdir.")
     padded, problems = False, []
     for key, leaf in target.items():
       if key not in saved or not hasattr(leaf, "shape"):

@@ -72,6 +72,25 @@ def test_per_sample_padding_may_differ_but_nothing_else(tmp_path):
     checkpointer.close()
 
 
+def test_missing_or_extra_state_fields_are_named(tmp_path):
+  """A checkpoint from another train-state layout (e.g. one without ``skipped_batches``, as
+  older versions wrote) fails with the fields named, before orbax reads anything."""
+  checkpointer = checkpoint_lib.Checkpointer(tmp_path, fingerprint={"num_samples": 8})
+  checkpointer.save(1, _state(1.0))
+  checkpointer.close()
+  checkpointer = checkpoint_lib.Checkpointer(tmp_path, fingerprint={"num_samples": 8})
+  try:
+    newer = {**jax.tree.map(jnp.zeros_like, _state(0.0)), "skipped_batches": jnp.zeros((), jnp.int32)}
+    with pytest.raises(checkpoint_lib.IncompatibleCheckpointError,
+                       match="this run needs skipped_batches, which the checkpoint lacks"):
+      checkpointer.restore(newer)
+    with pytest.raises(checkpoint_lib.IncompatibleCheckpointError,
+                       match="the checkpoint holds u, which this run does not build"):
+      checkpointer.restore({"params": jnp.zeros(3)})
+  finally:
+    checkpointer.close()
+
+
 def _iterator():
   source = data.SyntheticSource(num_samples=32, image_shape=(4, 4, 1))
   return data.make_iterator(source, global_batch_size=8, seed=3, read_threads=0)
