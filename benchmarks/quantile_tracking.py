@@ -26,7 +26,13 @@ Two settings:
 
 Writes ``benchmarks/results/quantile_tracking.json`` and ``quantile_tracking.png``.
 
-    python benchmarks/quantile_tracking.py [--quick] [--skip-digits] [--out FILE]
+``--batch-sweep 32,64,128,256,512`` instead runs only the synthetic setting once per batch size
+(same data, epochs and seed), to show how each estimator's error depends on B: FND's estimate
+comes from one batch, GloFND's lambda from one update per epoch whatever B is. Writes
+``quantile_tracking_batch_sweep.json`` and ``.png``.
+
+    python benchmarks/quantile_tracking.py [--quick] [--skip-digits] [--batch-sweep B,...]
+        [--out FILE]
 """
 
 from __future__ import annotations
@@ -277,17 +283,72 @@ def plot(digits: dict | None, synthetic: dict, report: dict, path: pathlib.Path)
   plt.close(fig)
 
 
+def batch_sweep(batches, synthetic_kwargs: dict, *, seed: int, out: pathlib.Path, log) -> dict:
+  """The synthetic setting once per batch size; error of each estimator vs B (table + plot)."""
+  started = time.time()
+  rows = []
+  for batch in batches:
+    result, _ = synthetic_setting(seed=seed, log=log, **{**synthetic_kwargs, "batch": batch})
+    rows.append({"batch": batch, "negatives_per_anchor": batch - 1,
+                 "glofnd": result["glofnd"], "fnd": result["fnd"],
+                 "glofnd_mae_last10_epochs": result["glofnd_mae_last10_epochs"],
+                 "fnd_over_glofnd_mae": (result["fnd"]["mean_abs_error"]
+                                         / result["glofnd"]["mean_abs_error"])})
+  report = {"benchmark": "quantile_tracking_batch_sweep", "machine": common.machine(),
+            "setting": {k: v for k, v in synthetic_kwargs.items() if k != "batch"},
+            "seed": seed, "rows": rows, "wall_s": time.time() - started}
+  common.write_json(report, out)
+
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(4.8, 3.6))
+  sizes = [r["batch"] for r in rows]
+  ax.plot(sizes, [r["glofnd"]["mean_abs_error"] for r in rows], "o-", label="GloFND lambda")
+  ax.plot(sizes, [r["fnd"]["mean_abs_error"] for r in rows], "s--", label="FND mini-batch")
+  ax.set_xscale("log", base=2)
+  ax.set_xlabel("batch size B")
+  ax.set_ylabel("mean |estimate - exact quantile|")
+  ax.set_title(f"synthetic clustered, alpha={synthetic_kwargs['alpha']:g}, "
+               f"{synthetic_kwargs['epochs']} epochs", fontsize=9)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(out.with_suffix(".png"), dpi=110)
+  plt.close(fig)
+
+  print(common.markdown_table(
+      ["batch", "GloFND lambda MAE", "GloFND MAE, last 10 epochs (min-max)", "FND mini-batch MAE",
+       "FND / GloFND"],
+      [[r["batch"], f"{r['glofnd']['mean_abs_error']:.4f}",
+        f"{r['glofnd_mae_last10_epochs']['min']:.4f}-{r['glofnd_mae_last10_epochs']['max']:.4f}",
+        f"{r['fnd']['mean_abs_error']:.4f}", f"{r['fnd_over_glofnd_mae']:.2f}"] for r in rows]))
+  print(f"wrote {out}")
+  return report
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true",
                       help="digits 2 epochs, small synthetic set (a smoke test, not a result)")
   parser.add_argument("--skip-digits", action="store_true", help="only the synthetic setting")
+  parser.add_argument("--batch-sweep", default=None,
+                      help="comma-separated batch sizes: only the synthetic setting, once each")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--out", type=pathlib.Path, default=None)
   parser.add_argument("--plot", type=pathlib.Path, default=None)
   parser.add_argument("--workdir", type=pathlib.Path, default=None,
                       help="digits run dir (default: a temp dir)")
   args = parser.parse_args(argv)
+  if args.quick:
+    synthetic_kwargs = dict(num_samples=2048, dim=32, clusters=10, spread=1.0, batch=128,
+                            epochs=8, alpha=0.05, lr=0.05)
+  else:
+    synthetic_kwargs = dict(num_samples=20_000, dim=32, clusters=10, spread=1.0, batch=256,
+                            epochs=60, alpha=0.05, lr=0.05)
+  if args.batch_sweep:
+    out = common.output_path(args.out, "quantile_tracking_batch_sweep", args.quick)
+    return batch_sweep([int(b) for b in args.batch_sweep.split(",")], synthetic_kwargs,
+                       seed=args.seed, out=out, log=lambda line: print(line, flush=True))
   out = common.output_path(args.out, "quantile_tracking", args.quick)
   plot_path = args.plot or out.with_suffix(".png")
   log = lambda line: print(line, flush=True)
@@ -301,12 +362,6 @@ def main(argv=None):
       report["digits"], digits_arrays = digits_setting(
           workdir, epochs=2 if args.quick else None, start=1 if args.quick else None,
           fnd_epochs=1 if args.quick else 5, seed=args.seed, log=log)
-  if args.quick:
-    synthetic_kwargs = dict(num_samples=2048, dim=32, clusters=10, spread=1.0, batch=128,
-                            epochs=8, alpha=0.05, lr=0.05)
-  else:
-    synthetic_kwargs = dict(num_samples=20_000, dim=32, clusters=10, spread=1.0, batch=256,
-                            epochs=60, alpha=0.05, lr=0.05)
   report["synthetic"], synthetic_arrays = synthetic_setting(seed=args.seed, log=log,
                                                             **synthetic_kwargs)
   report["wall_s"] = time.time() - started

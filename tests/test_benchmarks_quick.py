@@ -31,6 +31,9 @@ COMMANDS = {
     "overhead": (lambda out: [sys.executable, "overhead.py", "--quick", "--out", out], "overhead"),
     "quantile_tracking": (lambda out: [sys.executable, "quantile_tracking.py", "--quick", "--out",
                                        out], "quantile_tracking"),
+    "quantile_tracking_batch_sweep": (
+        lambda out: [sys.executable, "quantile_tracking.py", "--quick", "--batch-sweep", "32,64",
+                     "--out", out], "quantile_tracking_batch_sweep"),
     "gpu_check": (lambda out: ["bash", "gpu_check.sh", "--cpu-smoke", f"--out={out}"],
                   "gpu_check"),
     "state_scaling": (lambda out: [sys.executable, "state_scaling.py", "--quick", "--out", out],
