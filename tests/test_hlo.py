@@ -114,18 +114,14 @@ def test_checker_catches_an_all_gathered_lambda(compiled):
   assert any(str(meta["padded"]) in line for line in bad), bad
 
 
-@pytest.mark.parametrize("kind", ["unimodal", "bimodal"])
-def test_per_sample_state_updated_in_place(compiled, kind):
-  """No instruction copies a per-device state slice: only parameters, the in-place scatters
-  (their output aliases the donated input) and tuple plumbing have its shape."""
-  texts, meta = compiled
-  hlo = texts[kind]
-  shard = meta["padded"] // meta["devices"]
+def per_sample_copies(hlo: str, rows: int) -> list[str]:
+  """Entry instructions producing a ``(rows,)``-sized value other than parameters, in-place
+  scatters (their output aliases the donated input) and tuple plumbing."""
   entry = hlo[hlo.index("\nENTRY "):]
   computations = root_opcodes(hlo)
   offenders = []
   for inst in parse_instructions(entry):
-    if not any(shard in shape for shape in inst["shapes"]):
+    if not any(rows in shape for shape in inst["shapes"]):
       continue
     if inst["opcode"] in ("parameter", "tuple", "get-tuple-element", "bitcast"):
       continue
@@ -133,6 +129,16 @@ def test_per_sample_state_updated_in_place(compiled, kind):
     if inst["opcode"] == "fusion" and called and computations.get(called.group(1)) == "scatter":
       continue
     offenders.append(inst["line"][:200])
+  return offenders
+
+
+@pytest.mark.parametrize("kind", ["unimodal", "bimodal"])
+def test_per_sample_state_updated_in_place(compiled, kind):
+  """No instruction copies a per-device state slice: only parameters, the in-place scatters
+  (their output aliases the donated input) and tuple plumbing have its shape."""
+  texts, meta = compiled
+  hlo = texts[kind]
+  offenders = per_sample_copies(hlo, meta["padded"] // meta["devices"])
   assert not offenders, "O(N) work on the per-sample state:\n" + "\n".join(offenders)
   assert "input_output_alias" in hlo.split("\n", 1)[0], "train state is not donated"
 

@@ -24,7 +24,7 @@ from glofnd_jax import mesh as mesh_lib
 from glofnd_jax import train_step as ts
 from glofnd_jax.run_unimodal import UnimodalRun
 from scaling_worker import IN_DIM, NUM_SAMPLES, TinyEncoder, global_batches, threshold_config
-from test_hlo import parse_instructions, root_opcodes
+from test_hlo import per_sample_copies
 from test_train import DIGITS, load_config, tiny
 
 POISONED_STEP = 7  # the 7th step of a run that starts at step 0
@@ -71,24 +71,6 @@ def _leaves(state) -> dict:
           for p, x in jax.tree_util.tree_flatten_with_path(keep)[0]}
 
 
-def _per_sample_copies(hlo: str, rows: int) -> list[str]:
-  """Entry instructions producing a ``(rows,)``-sized value other than parameters, in-place
-  scatters and tuple plumbing (as in tests/test_hlo.py)."""
-  entry = hlo[hlo.index("\nENTRY "):]
-  computations = root_opcodes(hlo)
-  offenders = []
-  for inst in parse_instructions(entry):
-    if not any(rows in shape for shape in inst["shapes"]):
-      continue
-    if inst["opcode"] in ("parameter", "tuple", "get-tuple-element", "bitcast"):
-      continue
-    called = re.search(r"calls=%([\w.\-]+)", inst["line"])
-    if inst["opcode"] == "fusion" and called and computations.get(called.group(1)) == "scatter":
-      continue
-    offenders.append(inst["line"][:200])
-  return offenders
-
-
 def test_skip_keeps_the_state_inside_the_step_and_stop_flags_the_arrays():
   mesh = mesh_lib.make_mesh()
   config = objectives.UnimodalConfig(loss="sogclr", thresholds=threshold_config(
@@ -123,7 +105,7 @@ def test_skip_keeps_the_state_inside_the_step_and_stop_flags_the_arrays():
   hlo = skip.lower(initial, good_2).compile().as_text()
   rows = mesh_lib.padded_size(NUM_SAMPLES, mesh)
   assert re.search(rf"f32\[{rows}\]\{{0\}} parameter\(", hlo), "no per-sample parameter found"
-  assert not _per_sample_copies(hlo, rows)
+  assert not per_sample_copies(hlo, rows)
 
   stop = ts.make_unimodal_train_step(model, tx, config, nonfinite="stop", **kwargs)
   _, metrics = stop(_copy(after_good), bad)
