@@ -5,11 +5,9 @@
 #   bash benchmarks/gpu_check.sh              # on the GPU machine
 #   bash benchmarks/gpu_check.sh --cpu-smoke  # here: the same Python entry at tiny sizes on CPU
 #
-# Python: the project's .venv if its jax sees a GPU; otherwise a fresh venv at $GPU_CHECK_VENV
-# (default /tmp/glofnd_gpu_venv) made with --system-site-packages over the first python3 whose
-# jax sees a GPU, with this package installed editable without dependencies or network
-# (`pip install --no-deps --no-build-isolation -e .`); if that install fails, that python3 with
-# PYTHONPATH set to the repository. The check needs only jax, flax, optax and numpy.
+# Python: the project's .venv if its jax sees a GPU; otherwise the first python3 on the machine whose
+# jax sees a GPU (on the lent GPU machines, the image's own), with PYTHONPATH set to the repository:
+# the check needs only jax, flax, optax and numpy, so nothing is installed.
 # Limits: GPU_CHECK_TIMEOUT (default 450 s) for the Python run, then it is killed; the JSON it
 # wrote phase by phase is kept. Output: benchmarks/results/gpu_check.json (cpu smoke:
 # gpu_check_cpu_smoke.json), also copied to $OUT when that is set, and a GPU_CHECK_SUMMARY line.
@@ -17,7 +15,6 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
 LIMIT=${GPU_CHECK_TIMEOUT:-450}
-VENV=${GPU_CHECK_VENV:-/tmp/glofnd_gpu_venv}
 CPU_SMOKE=0
 for arg in "$@"; do [ "$arg" = "--cpu-smoke" ] && CPU_SMOKE=1; done
 RESULT=benchmarks/results/gpu_check.json
@@ -37,6 +34,7 @@ fi
 
 PY=""
 export PYTHONUNBUFFERED=1
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 if [ "$CPU_SMOKE" = 1 ]; then
   for candidate in "$REPO/.venv/bin/python" python3; do
     if has_jax "$candidate"; then PY=$candidate; break; fi
@@ -56,18 +54,7 @@ else
     [ -n "${OUT:-}" ] && cp "$RESULT" "$OUT/" 2>/dev/null
     exit 2
   fi
-  say "base python: $(command -v "$BASE")"
-  if [ -x "$VENV/bin/python" ] || "$BASE" -m venv --system-site-packages "$VENV"; then
-    if timeout 180 "$VENV/bin/python" -m pip install --quiet --no-deps --no-build-isolation -e "$REPO" \
-        && sees_gpu "$VENV/bin/python"; then
-      PY="$VENV/bin/python"
-    fi
-  fi
-  if [ -z "$PY" ]; then
-    say "editable install failed; using $BASE with PYTHONPATH=$REPO"
-    PY=$BASE
-    export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
-  fi
+  PY=$(command -v "$BASE")
 fi
 if [ -z "$PY" ]; then say "no usable python"; exit 2; fi
 say "python: $PY ($("$PY" -c 'import jax; print("jax", jax.__version__, jax.devices())' 2>&1 | tail -1))"
