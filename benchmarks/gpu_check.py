@@ -95,12 +95,19 @@ def state_phase(big_n: int, small_n: int, *, batch: int, steps: int, repeats: in
         model, tx, config, "glofnd", batch=batch, image_shape=(32,), num_samples=n, mesh=mesh)
   step_timing.interleaved(runs, steps=steps, repeats=repeats)
   summary = step_timing.summarize(runs, baseline=f"N={small_n:.0e}")
-  ratio = summary[f"N={big_n:.0e}"][f"ratio_to_N={small_n:.0e}"]["median"]
-  result.update({"step_batch": batch, "step_ms": {k: v["ms_per_step"] for k, v in summary.items()},
-                 "big_over_small_step_time": ratio,
+  big, small = summary[f"N={big_n:.0e}"], summary[f"N={small_n:.0e}"]
+  ratio = big[f"ratio_to_N={small_n:.0e}"]
+  result.update({"step_batch": batch, "steps_per_block": steps, "repeats": repeats,
+                 "step_ms": {k: v["ms_per_step"] for k, v in summary.items()},
+                 # median of the per-block ratios (paired), and the ratio of the median times
+                 "big_over_small_step_time": ratio["median"],
+                 "big_over_small_step_time_iqr": [ratio["q1"], ratio["q3"]],
+                 "big_over_small_median_ms": (big["ms_per_step"]["median"]
+                                              / small["ms_per_step"]["median"]),
                  "peak_device_bytes": (jax.devices()[0].memory_stats() or {}).get(
                      "peak_bytes_in_use")})
-  log(f"step time N={big_n:.0e} / N={small_n:.0e}: {ratio:.3f}")
+  log(f"step time N={big_n:.0e} / N={small_n:.0e}: {result['big_over_small_step_time']:.3f} "
+      f"(paired blocks), {result['big_over_small_median_ms']:.3f} (median times)")
   return result
 
 
@@ -129,8 +136,18 @@ def main(argv=None):
                       help="throughput modes; the first is the baseline")
   parser.add_argument("--budget-s", type=float, default=420,
                       help="skip the throughput phase if less than this remains of it")
+  parser.add_argument("--phases", default="state_1e8,throughput",
+                      help="comma-separated phases to run: state_1e8, throughput")
+  parser.add_argument("--state-steps", type=int, default=20,
+                      help="steps per timed block in the N-scaling step timing")
+  parser.add_argument("--state-repeats", type=int, default=7,
+                      help="interleaved blocks per N in the N-scaling step timing")
   parser.add_argument("--out", type=pathlib.Path, default=None)
   args = parser.parse_args(argv)
+  selected = args.phases.split(",")
+  unknown = sorted(set(selected) - {"state_1e8", "throughput"})
+  if unknown:
+    parser.error(f"--phases: unknown {unknown}; choose from state_1e8, throughput")
   out = common.output_path(args.out, "gpu_check_cpu_smoke" if args.cpu_smoke else "gpu_check",
                            quick=False)
   log = lambda line: print(f"[gpu_check {time.time() - started:5.0f} s] {line}", flush=True)
@@ -157,15 +174,17 @@ def main(argv=None):
                       image_size=8, batch=8, num_samples=1000, modes=modes[:2], steps=1,
                       repeats=2)
   else:
-    sizes = dict(big_n=10**8, small_n=10**4, batch=256, steps=20, repeats=7)
+    sizes = dict(big_n=10**8, small_n=10**4, batch=256, steps=args.state_steps,
+                 repeats=args.state_repeats)
     throughput = dict(model_name="resnet50",
                       model_kwargs=dict(dtype="bfloat16", stem="imagenet", proj_dim=128,
                                         proj_hidden_dim=2048),
                       image_size=224, batch=256, num_samples=IMAGENET_SIZE, modes=modes,
                       steps=10, repeats=6)
 
-  phases = [("state_1e8", lambda: state_phase(**sizes, log=log)),
-            ("throughput", lambda: throughput_phase(**throughput, log=log))]
+  phases = {"state_1e8": lambda: state_phase(**sizes, log=log),
+            "throughput": lambda: throughput_phase(**throughput, log=log)}
+  phases = [(name, phases[name]) for name in selected]
   for name, phase in phases:
     if name == "throughput" and time.time() - started > args.budget_s:
       report["errors"][name] = f"skipped: {time.time() - started:.0f} s already spent"
@@ -187,7 +206,9 @@ def main(argv=None):
                    state_GB=s["state_bytes"] / 1e9,
                    device_GB_added=None if s["device_bytes_added"] is None
                    else s["device_bytes_added"] / 1e9,
-                   step_time_N_big_over_small=s["big_over_small_step_time"])
+                   step_time_N_big_over_small=s["big_over_small_step_time"],
+                   step_time_N_big_over_small_iqr=s["big_over_small_step_time_iqr"],
+                   median_step_ms_N_big_over_small=s["big_over_small_median_ms"])
   if "throughput" in report:
     t = report["throughput"]
     base = t["baseline"]
