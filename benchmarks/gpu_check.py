@@ -18,6 +18,7 @@ finished ones:
 instead of ResNet-50 (whose compilation alone takes minutes on a 2-core CPU).
 
     python benchmarks/gpu_check.py [--cpu-smoke] [--out FILE] [--budget-s 420]
+        [--phases state_1e8,throughput] [--state-steps 20] [--state-repeats 7]
 """
 
 from __future__ import annotations
