@@ -16,6 +16,7 @@ WORKER = TESTS / "scaling_worker.py"
 
 
 def worker_env(devices: int) -> dict:
+  """This environment on ``devices`` fake CPU devices, with the repository importable."""
   env = dict(os.environ)
   flags = [f for f in env.get("XLA_FLAGS", "").split()
            if not f.startswith("--xla_force_host_platform_device_count")]
@@ -31,16 +32,17 @@ def start(*args, devices: int = 8) -> subprocess.Popen:
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def finish(process: subprocess.Popen, timeout: float = 300) -> str:
-  """Wait for ``process``; raise with its output if it failed or timed out."""
+def finish(process: subprocess.Popen, timeout: float = 300, expect: int = 0) -> str:
+  """Wait for ``process``; fail with (the end of) its output unless it exits with ``expect``."""
   try:
     output, _ = process.communicate(timeout=timeout)
   except subprocess.TimeoutExpired:
     process.kill()
     output, _ = process.communicate()
-    raise AssertionError(f"worker {process.args[2:]} timed out after {timeout}s:\n{output}")
-  if process.returncode:
-    raise AssertionError(f"worker {process.args[2:]} failed ({process.returncode}):\n{output}")
+    raise AssertionError(f"{process.args} timed out after {timeout}s:\n{output[-6000:]}")
+  if process.returncode != expect:
+    raise AssertionError(f"{process.args} exited with {process.returncode}, expected {expect}:\n"
+                         f"{output[-6000:]}")
   return output
 
 

@@ -8,7 +8,6 @@ what a fresh compile does, so bit-for-bit comparisons between runs stay valid.
 
 from __future__ import annotations
 
-import os
 import pathlib
 import subprocess
 import sys
@@ -16,6 +15,8 @@ import sys
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from scaling_subprocess import finish, worker_env
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 DIGITS_CONFIG = REPO / "configs" / "digits_sogclr_glofnd.py"
@@ -32,12 +33,7 @@ TINY = ("--config.data.name=synthetic", "--config.data.synthetic_num_samples=64"
 
 def env(devices: int = 1, cache_dir=None) -> dict:
   """Environment of a run on ``devices`` fake CPU devices, sharing ``cache_dir``'s compilations."""
-  out = dict(os.environ)
-  flags = [f for f in out.get("XLA_FLAGS", "").split()
-           if not f.startswith("--xla_force_host_platform_device_count")]
-  out["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={devices}"])
-  out["JAX_PLATFORMS"] = "cpu"
-  out["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), out.get("PYTHONPATH")]))
+  out = worker_env(devices)
   for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
     out.pop(name, None)
   if cache_dir is not None:
@@ -56,20 +52,6 @@ def start(workdir, *overrides: str, devices: int = 1, cache_dir=None) -> subproc
   """Start a tiny training run (output captured: stdout and stderr together)."""
   return subprocess.Popen(train_command(workdir, *overrides), env=env(devices, cache_dir),
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def finish(process: subprocess.Popen, timeout: float = 240, expect: int = 0) -> str:
-  """Wait for ``process``; fail with its output unless it exits with ``expect``."""
-  try:
-    output, _ = process.communicate(timeout=timeout)
-  except subprocess.TimeoutExpired:
-    process.kill()
-    output, _ = process.communicate()
-    raise AssertionError(f"{process.args} timed out after {timeout}s:\n{output[-6000:]}")
-  if process.returncode != expect:
-    raise AssertionError(f"{process.args} exited with {process.returncode}, expected {expect}:\n"
-                         f"{output[-6000:]}")
-  return output
 
 
 def run(workdir, *overrides: str, devices: int = 1, cache_dir=None, timeout: float = 240) -> str:
