@@ -30,17 +30,15 @@ import sys
 import time
 import traceback
 
+import common
 import flax.linen as nn
 import jax
 import optax
-
-from glofnd_jax import mesh as mesh_lib
-from glofnd_jax import models, objectives, optim
-from glofnd_jax import state as state_lib
-from glofnd_jax import thresholds as thr
-
-import common
 import step_timing
+
+from glofnd_jax import models, objectives, sharding
+from glofnd_jax import thresholds as thr
+from glofnd_jax.training import optim
 
 IMAGENET_SIZE = 1_281_167
 
@@ -73,10 +71,10 @@ def environment() -> dict:
 
 
 def state_phase(big_n: int, small_n: int, *, batch: int, steps: int, repeats: int, log) -> dict:
-  mesh = mesh_lib.make_mesh(jax.devices()[:1])
+  mesh = sharding.make_mesh(jax.devices()[:1])
   config = objective_config(0.01)
   before = device_bytes_in_use()
-  per_sample = state_lib.init_per_sample_state_sharded(big_n, config, mesh)
+  per_sample = sharding.init_per_sample_state_sharded(big_n, config, mesh)
   jax.block_until_ready(per_sample)
   after = device_bytes_in_use()
   leaves = jax.tree.leaves(per_sample)
@@ -114,7 +112,7 @@ def state_phase(big_n: int, small_n: int, *, batch: int, steps: int, repeats: in
 
 def throughput_phase(*, model_name: str, model_kwargs: dict, image_size: int, batch: int,
                      num_samples: int, modes, steps: int, repeats: int, log) -> dict:
-  mesh = mesh_lib.make_mesh(jax.devices()[:1])
+  mesh = sharding.make_mesh(jax.devices()[:1])
   model = models.get_model(model_name, **model_kwargs)
   tx = optim.make_optimizer("lars", optim.scaled_lr(0.075, batch, "sqrt"), weight_decay=1e-6)
   runs = step_timing.build_modes(model, tx, objective_config(0.01), modes, batch=batch,

@@ -1,6 +1,6 @@
 """Step-time overhead of GloFND: SogCLR + GloFND vs SogCLR alone (detection mode ``none``).
 
-Both steps are the real jitted train step (``glofnd_jax.train_step.make_unimodal_train_step``,
+Both steps are the real jitted train step (``glofnd_jax.training.step.make_unimodal_train_step``,
 state donated) with the same model, optimiser, batch and random input views, compiled in the
 same process; only the detection differs. Thresholds are active from the first step
 (``start_update = start_mask = 0``), no labels are passed (no label diagnostics), and the views
@@ -41,12 +41,12 @@ import pathlib
 import sys
 import time
 
-
-from glofnd_jax import config_lib, models, optim
-from glofnd_jax import mesh as mesh_lib
-
 import common
 import step_timing
+
+from glofnd_jax import models, sharding
+from glofnd_jax.config import unimodal as unimodal_config
+from glofnd_jax.training import optim
 
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 CASES = {
@@ -68,15 +68,15 @@ def run_case(name: str, modes, *, steps: int, repeats: int, batch: int | None = 
   config_file, image_shape, num_samples = CASES[name]
   c = load_config(config_file)
   batch = batch or c.batch_size
-  model = models.get_model(c.model.name, **config_lib.model_kwargs(c))
+  model = models.get_model(c.model.name, **unimodal_config.model_kwargs(c))
   # A constant learning rate at the recipe's peak: the schedule does not change the step's cost.
   tx = optim.make_optimizer(c.optim.name, optim.scaled_lr(c.optim.lr, batch, c.optim.lr_scaling),
                             weight_decay=c.optim.weight_decay, momentum=c.optim.momentum)
-  objective = config_lib.unimodal_objective_config(c)
+  objective = unimodal_config.unimodal_objective_config(c)
   objective = dataclasses.replace(
       objective, thresholds=dataclasses.replace(objective.thresholds, start_update=0,
                                                 start_mask=0))
-  mesh = mesh_lib.make_mesh()
+  mesh = sharding.make_mesh()
   print(f"[{name}] compiling {', '.join(modes)} ({c.model.name}, batch {batch}, "
         f"{'x'.join(map(str, image_shape))}, N={num_samples})", flush=True)
   log = lambda line: print(f"[{name}] {line}", flush=True)
@@ -96,7 +96,7 @@ def objective_cost(cases: list[dict], modes, *, steps: int, repeats: int) -> dic
   out = {}
   for case in cases:
     c = load_config(case["config"])
-    objective = config_lib.unimodal_objective_config(c)
+    objective = unimodal_config.unimodal_objective_config(c)
     objective = dataclasses.replace(
         objective, thresholds=dataclasses.replace(objective.thresholds, start_update=0,
                                                   start_mask=0))

@@ -41,12 +41,11 @@ import pathlib
 import tempfile
 import time
 
+import common
 import numpy as np
 
-from glofnd_jax import train
-from glofnd_jax.evaluate import read_results
-
-import common
+from glofnd_jax.evaluation import read_results
+from glofnd_jax.training import loop
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "digits_sogclr_glofnd.py"
@@ -108,7 +107,7 @@ def run_once(config, workdir: pathlib.Path, log) -> dict:
     return read_results(results_file)
   start = time.time()
   with contextlib.redirect_stdout(io.StringIO()) as captured:
-    results = train.train_and_evaluate(config, workdir)
+    results = loop.train_and_evaluate(config, workdir)
   (workdir / "train_stdout.txt").write_text(captured.getvalue())
   log(f"  {workdir.name}: {time.time() - start:.0f} s, kNN {results['knn']['top1']:.4f}")
   return results

@@ -1,7 +1,7 @@
 """How well thresholds track each anchor's exact dataset-wide (1 - alpha) similarity quantile.
 
 For every anchor i the reference is ``exact_i``: the (1 - alpha) quantile of i's similarities to
-all other samples of the dataset (:func:`glofnd_jax.evaluate.dataset_quantile`). Compared:
+all other samples of the dataset (:func:`glofnd_jax.evaluation.dataset_quantile`). Compared:
 
 * **GloFND**: the learned ``lambda_i`` after training.
 * **FND (mini-batch)**: the (1 - alpha) quantile of i's negatives in one mini-batch
@@ -44,17 +44,18 @@ import pathlib
 import tempfile
 import time
 
+import common
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from glofnd_jax import augment as augment_lib
-from glofnd_jax import data, evaluation, train
+from glofnd_jax import data
 from glofnd_jax import similarity as sim
 from glofnd_jax import thresholds as thr
-from glofnd_jax.evaluate import dataset_quantile, lambda_error
-
-import common
+from glofnd_jax.evaluation import dataset_quantile, lambda_error
+from glofnd_jax.evaluation import unimodal as unimodal_eval
+from glofnd_jax.training import task as task_lib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "digits_sogclr_glofnd.py"
@@ -100,7 +101,7 @@ def train_digits(workdir: pathlib.Path, epochs: int | None, start: int | None):
   if start is not None:
     config.glofnd.start_update_epoch = config.glofnd.start_mask_epoch = start
   workdir.mkdir(parents=True, exist_ok=True)
-  run = train.build_run(config, workdir)
+  run = task_lib.build_run(config, workdir)
   state, iterator, step = run.init_state(), run.iterator(), run.step_fn()
   for _ in range(run.total_steps):
     state, metrics = step(state, run.global_batch(next(iterator)))
@@ -130,7 +131,7 @@ def digits_setting(workdir: pathlib.Path, *, epochs: int | None, start: int | No
   log(f"digits: trained in {time.time() - began:.0f} s")
   c = run.config
   alpha, batch, n = c.glofnd.alpha, run.batch, run.num_samples
-  _, projections, _ = evaluation._features(run, state, run.source)  # eval mode, un-augmented
+  _, projections, _ = unimodal_eval._features(run, state, run.source)  # eval mode, un-augmented
   exact = dataset_quantile(projections, alpha)
   lam = np.asarray(jax.device_get(state.per_sample.thresholds[0].lam))[:n]
 

@@ -1,6 +1,6 @@
 """Train-step time vs dataset size N with the per-sample state sharded over 8 devices.
 
-Times the jitted, donated SogCLR + GloFND train step of ``glofnd_jax.train_step`` (tiny
+Times the jitted, donated SogCLR + GloFND train step of ``glofnd_jax.training.step`` (tiny
 Dense-BatchNorm-Dense encoder, global batch 256) for N = 1e4 ... 1e7, and 1e8 when the machine
 has the memory for it (``--max-n``), on a mesh of 8 fake CPU devices and on a 1-device mesh, and
 reports the per-sample state's bytes per sample and per device. Targets: the step costs
@@ -36,10 +36,12 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from glofnd_jax import mesh as mesh_lib  # noqa: E402
-from glofnd_jax import objectives  # noqa: E402
+from glofnd_jax import (
+  objectives,  # noqa: E402
+  sharding,  # noqa: E402
+)
 from glofnd_jax import thresholds as thr  # noqa: E402
-from glofnd_jax import train_step as ts  # noqa: E402
+from glofnd_jax.training import step as ts  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).parent / "results"
 IN_DIM = 32
@@ -97,7 +99,7 @@ def make_run(num_samples: int, mesh, global_batch: int, num_batches: int = 4):
     batch = {"view1": rng.normal(size=(global_batch, IN_DIM)).astype(np.float32),
              "view2": rng.normal(size=(global_batch, IN_DIM)).astype(np.float32),
              "index": rng.choice(num_samples, global_batch, replace=False).astype(np.int32)}
-    batches.append(jax.device_put(batch, mesh_lib.batch_sharding(mesh)))
+    batches.append(jax.device_put(batch, sharding.batch_sharding(mesh)))
   per_sample = jax.tree.leaves(state.per_sample)
   run = {"step": step, "state": state, "batches": batches, "times": [], "cpu_times": [],
          "bytes_per_sample": sum(leaf.dtype.itemsize for leaf in per_sample),
@@ -170,7 +172,7 @@ def main(argv=None):
   steps, repeats = args.steps or steps, args.repeats or repeats
   out = args.out or RESULTS / ("state_scaling_quick.json" if args.quick else "state_scaling.json")
 
-  meshes = {8: mesh_lib.make_mesh(), 1: mesh_lib.make_mesh(jax.devices()[:1])}
+  meshes = {8: sharding.make_mesh(), 1: sharding.make_mesh(jax.devices()[:1])}
   rows = []
   for devices, mesh in meshes.items():
     runs = {n: make_run(n, mesh, args.batch) for n in sizes}

@@ -1,7 +1,7 @@
 """Time the real jitted unimodal train step for several detection modes, interleaved.
 
 Used by ``overhead.py`` (CPU) and ``gpu_check.py`` (one GPU). Each mode gets its own compiled
-step (:func:`glofnd_jax.train_step.make_unimodal_train_step`, state donated) and its own train
+step (:func:`glofnd_jax.training.step.make_unimodal_train_step`, state donated) and its own train
 state, built from the *same* model, optimiser, batch and random input data, so the only
 difference between the programs is the detection (and the threshold state it carries).
 
@@ -25,17 +25,14 @@ import dataclasses
 import time
 from typing import Any, Callable, Sequence
 
+import common
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from glofnd_jax import mesh as mesh_lib
-from glofnd_jax import objectives
-from glofnd_jax import train_step as ts
-
-import common
-
+from glofnd_jax import objectives, sharding
+from glofnd_jax.training import step as ts
 
 WITH_QUANTILE_METRIC = "+qmetric"
 
@@ -67,7 +64,7 @@ def random_batches(key, *, batch: int, image_shape: Sequence[int], num_samples: 
   """``count`` batches of random two-view images and distinct indices, made on the devices."""
   if batch > num_samples:
     raise ValueError(f"batch {batch} is larger than num_samples {num_samples}.")
-  sharding = mesh_lib.batch_sharding(mesh)
+  batch_sharding = sharding.batch_sharding(mesh)
   stride = max(1, num_samples // batch)
 
   def make(key):
@@ -80,7 +77,7 @@ def random_batches(key, *, batch: int, image_shape: Sequence[int], num_samples: 
     return {"view1": jax.random.normal(k1, shape, dtype),
             "view2": jax.random.normal(k2, shape, dtype), "index": index}
 
-  make = jax.jit(make, out_shardings=sharding)
+  make = jax.jit(make, out_shardings=batch_sharding)
   return [make(k) for k in jax.random.split(key, count)]
 
 

@@ -14,11 +14,11 @@ Run (see docs/BIMODAL.md):
     --config.tokenizer.path=/data/cc3m/tokenizer.json
 """
 
-from glofnd_jax import config_clip
+from glofnd_jax.config import image_text as image_text_config
 
 
 def get_config():
-  c = config_clip.clip_base_config()
+  c = image_text_config.clip_base_config()
   c.batch_size = 1024
   c.epochs = 37
   c.log_every_steps = 100

@@ -7,11 +7,11 @@ time): ``tfds build cifar10 --file_format=array_record --data_dir=DIR``. Run:
       --config.data.data_dir=DIR
 """
 
-from glofnd_jax import config_lib
+from glofnd_jax.config import unimodal as unimodal_config
 
 
 def get_config():
-  c = config_lib.base_config()
+  c = unimodal_config.base_config()
   c.data.name = "tfds:cifar10"
   c.data.train_split = "train"
   c.data.val_split = ""  # hold out eval.val_fraction of train for probe model selection

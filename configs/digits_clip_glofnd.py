@@ -10,12 +10,12 @@ pairs, each printed next to its chance level. Run:
   glofnd-jax train --config configs/digits_clip_glofnd.py --workdir workdir/digits_clip
 """
 
-from glofnd_jax import config_clip
+from glofnd_jax.config import image_text as image_text_config
 from glofnd_jax.data import captions
 
 
 def get_config():
-  c = config_clip.clip_base_config()
+  c = image_text_config.clip_base_config()
   c.batch_size = 128
   c.epochs = 40
   c.log_every_steps = 9

@@ -6,11 +6,11 @@ of training on a 2-core CPU. Run:
   glofnd-jax train --config configs/digits_sogclr_glofnd.py --workdir workdir/digits
 """
 
-from glofnd_jax import config_lib
+from glofnd_jax.config import unimodal as unimodal_config
 
 
 def get_config():
-  c = config_lib.base_config()
+  c = unimodal_config.base_config()
   c.data.name = "digits"
   c.data.image_size = 8
   c.data.channels = 1

@@ -9,11 +9,11 @@ lr 0.05, GloFND from epoch 70. Needs TFDS ``imagenet2012`` prepared in ArrayReco
       --config.data.data_dir=gs://BUCKET/tfds
 """
 
-from glofnd_jax import config_lib
+from glofnd_jax.config import unimodal as unimodal_config
 
 
 def get_config():
-  c = config_lib.base_config()
+  c = unimodal_config.base_config()
   c.data.name = "imagenet100"
   c.data.train_split = "train"
   c.data.val_split = ""  # hold out eval.val_fraction of train for probe model selection

@@ -11,13 +11,37 @@ The functional API, in the order a train step uses it:
 """
 
 from glofnd_jax.detection import MODES, Detection, detect, keep_mask
-from glofnd_jax.losses import (FastCLIPState, SimCLRState, SogCLRState, cosine_gamma,
-                               fastclip_loss, init_fastclip, init_sogclr, simclr_loss, sogclr_loss)
-from glofnd_jax.objectives import (BimodalConfig, BimodalState, ObjectiveAux, UnimodalConfig,
-                                   UnimodalState, bimodal_objective, init_bimodal_state,
-                                   init_unimodal_state, unimodal_objective)
-from glofnd_jax.thresholds import (ThresholdConfig, ThresholdState, batch_quantile,
-                                   init_thresholds, moments, threshold_grad, threshold_optimizer,
-                                   update_thresholds)
+from glofnd_jax.losses import (
+                               FastCLIPState,
+                               SimCLRState,
+                               SogCLRState,
+                               cosine_gamma,
+                               fastclip_loss,
+                               init_fastclip,
+                               init_sogclr,
+                               simclr_loss,
+                               sogclr_loss,
+)
+from glofnd_jax.objectives import (
+                               BimodalConfig,
+                               BimodalState,
+                               ObjectiveAux,
+                               UnimodalConfig,
+                               UnimodalState,
+                               bimodal_objective,
+                               init_bimodal_state,
+                               init_unimodal_state,
+                               unimodal_objective,
+)
+from glofnd_jax.thresholds import (
+                               ThresholdConfig,
+                               ThresholdState,
+                               batch_quantile,
+                               init_thresholds,
+                               moments,
+                               threshold_grad,
+                               threshold_optimizer,
+                               update_thresholds,
+)
 
 __version__ = "0.1.0"

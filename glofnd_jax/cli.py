@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 HELP = {
@@ -96,8 +96,8 @@ def _train(argv) -> int:
   if flag_values.config is None or flag_values.workdir is None:
     print("error: train needs --config FILE and --workdir DIR", file=sys.stderr)
     return 2
-  from glofnd_jax import train
-  train.train_and_evaluate(flag_values.config, flag_values.workdir,
+  from glofnd_jax.training import loop
+  loop.train_and_evaluate(flag_values.config, flag_values.workdir,
                            evaluate=flag_values.evaluate)
   return 0
 
@@ -109,8 +109,8 @@ def _eval(argv) -> int:
   if flag_values.workdir is None:
     print("error: eval needs --workdir DIR", file=sys.stderr)
     return 2
-  from glofnd_jax import train
-  train.evaluate_workdir(flag_values.workdir)
+  from glofnd_jax.training import loop
+  loop.evaluate_workdir(flag_values.workdir)
   return 0
 
 
@@ -134,7 +134,7 @@ def main(argv=None) -> int:
     from glofnd_jax.data import webdataset
     return webdataset.rekey_main(rest)
   if command == "train-tokenizer":
-    from glofnd_jax import tokenizer
+    from glofnd_jax.data import tokenizer
     return tokenizer.main(rest)
   if command == "demo":
     from glofnd_jax import demo

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from glofnd_jax import mesh as mesh_lib
+from glofnd_jax import sharding
 
 
 def detected_launcher(environ: Mapping[str, str] | None = None) -> str | None:
@@ -121,10 +121,10 @@ def local_batch_rows(global_batch: int, mesh: Mesh) -> slice:
   A data loader on each process reads exactly these rows of the global batch (e.g. process p of
   P reads ``[p * B / P, (p + 1) * B / P)`` for the usual device order).
   """
-  mesh_lib.check_global_batch(global_batch, mesh)
-  sharding = mesh_lib.batch_sharding(mesh)
+  sharding.check_global_batch(global_batch, mesh)
+  batch_sharding = sharding.batch_sharding(mesh)
   starts, stops = [], []
-  for index in sharding.addressable_devices_indices_map((global_batch,)).values():
+  for index in batch_sharding.addressable_devices_indices_map((global_batch,)).values():
     rows = index[0]
     starts.append(rows.start or 0)
     stops.append(global_batch if rows.stop is None else rows.stop)
@@ -132,7 +132,7 @@ def local_batch_rows(global_batch: int, mesh: Mesh) -> slice:
   covered = sum(b - a for a, b in set(zip(starts, stops)))
   if covered != stop - start:
     raise ValueError("this process's devices hold non-contiguous batch rows; build the mesh with "
-                     "glofnd_jax.mesh.make_mesh() so each process owns one contiguous block.")
+                     "glofnd_jax.sharding.make_mesh() so each process owns one contiguous block.")
   return slice(start, stop)
 
 
@@ -148,6 +148,6 @@ def global_batch_from_local(local_batch: Any, mesh: Mesh) -> Any:
     The same pytree of global ``jax.Array`` (leading dim B), ready for the train step. With one
     process this is a plain sharded ``device_put``.
   """
-  sharding = mesh_lib.batch_sharding(mesh)
+  batch_sharding = sharding.batch_sharding(mesh)
   return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
+      lambda x: jax.make_array_from_process_local_data(batch_sharding, np.asarray(x)), local_batch)

@@ -22,8 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from glofnd_jax import detection
-from glofnd_jax import losses
+from glofnd_jax import detection, losses
 from glofnd_jax import similarity as sim
 from glofnd_jax import thresholds as thr
 
@@ -137,7 +136,7 @@ def unimodal_objective(h1: jax.Array, h2: jax.Array, index: jax.Array, state: Un
     config: :class:`UnimodalConfig` (static).
     labels: optional ``(B,)`` class labels: needed by ``oracle``; enable FN precision/recall.
     constrain_rows: optional ``f(x) -> x`` applied to the ``(R, B, C)`` similarity rows and
-      negative mask, e.g. :func:`glofnd_jax.mesh.constrain_similarity_rows` in a sharded step
+      negative mask, e.g. :func:`glofnd_jax.sharding.constrain_similarity_rows` in a sharded step
       (each device then builds only its anchors' rows of the mask). No effect on the numbers.
 
   Returns:

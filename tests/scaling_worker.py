@@ -24,12 +24,9 @@ import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
-from glofnd_jax import distributed
-from glofnd_jax import mesh as mesh_lib
-from glofnd_jax import objectives
-from glofnd_jax import state as state_lib
+from glofnd_jax import distributed, objectives, sharding
 from glofnd_jax import thresholds as thr
-from glofnd_jax import train_step as ts
+from glofnd_jax.training import step as ts
 
 NUM_SAMPLES = 61  # not a multiple of 8: exercises the padding
 GLOBAL_BATCH = 16
@@ -214,11 +211,11 @@ def creation_case(mesh) -> dict:
         "shard_shapes": [list(leaf.addressable_shards[0].data.shape) for leaf in leaves],
         "replicated_specs": sorted({str(x.sharding.spec) for x in jax.tree.leaves(
             (state.params, state.opt_state, state.batch_stats, state.step, state.rng))}),
-        "init_hlo": state_lib.sharded_initializer(big, config, mesh).lower().compile().as_text(),
-        "init_padded": mesh_lib.padded_size(big, mesh),
+        "init_hlo": sharding.sharded_initializer(big, config, mesh).lower().compile().as_text(),
+        "init_padded": sharding.padded_size(big, mesh),
     }
   shared = objectives.UnimodalConfig(mode="glofnd_shared")
-  state = state_lib.init_unimodal_state_sharded(NUM_SAMPLES, shared, mesh)
+  state = sharding.init_unimodal_state_sharded(NUM_SAMPLES, shared, mesh)
   info["shared"] = {"lam_spec": str(state.thresholds[0].lam.sharding.spec),
                     "lam_shape": list(state.thresholds[0].lam.shape),
                     "u_spec": str(state.loss[0].u.sharding.spec)}
@@ -227,7 +224,7 @@ def creation_case(mesh) -> dict:
 
 def mode_sharding(out_path: str):
   assert jax.device_count() == 8, jax.devices()
-  mesh8, mesh1 = mesh_lib.make_mesh(), mesh_lib.make_mesh(jax.devices()[:1])
+  mesh8, mesh1 = sharding.make_mesh(), sharding.make_mesh(jax.devices()[:1])
   arrays = {}
   for case in SHARDING_CASES:
     spec = CASES[case]
@@ -265,7 +262,7 @@ def hlo_text(kind: str, mesh, num_samples: int, global_batch: int, bad: bool = F
   tx = optax.adam(1e-3)
   if bad:
     # A deliberately wrong model: it reads lambda replicated (an all-gather of the (N,) array).
-    replicated = mesh_lib.replicated(mesh)
+    replicated = sharding.replicated(mesh)
     original = objectives.unimodal_objective
 
     def bad_objective(h1, h2, index, state, epoch, cfg, *args):
@@ -288,13 +285,13 @@ def hlo_text(kind: str, mesh, num_samples: int, global_batch: int, bad: bool = F
 def mode_hlo(out_dir: str):
   assert jax.device_count() == 8, jax.devices()
   out = pathlib.Path(out_dir)
-  mesh = mesh_lib.make_mesh()
+  mesh = sharding.make_mesh()
   num_samples, global_batch = 100_003, 64
   (out / "unimodal.hlo").write_text(hlo_text("unimodal", mesh, num_samples, global_batch))
   (out / "bimodal.hlo").write_text(hlo_text("bimodal", mesh, num_samples, global_batch))
   (out / "bad.hlo").write_text(hlo_text("unimodal", mesh, num_samples, global_batch, bad=True))
   (out / "meta.json").write_text(json.dumps({
-      "num_samples": num_samples, "padded": mesh_lib.padded_size(num_samples, mesh),
+      "num_samples": num_samples, "padded": sharding.padded_size(num_samples, mesh),
       "devices": jax.device_count(), "global_batch": global_batch}))
 
 
@@ -322,7 +319,7 @@ def multihost_result(mesh, feed) -> dict:
 def mode_multihost(out_path: str, process_id: int, num_processes: int, port: int):
   distributed.initialize(f"localhost:{port}", num_processes, process_id)
   assert jax.process_count() == num_processes and jax.local_device_count() == 4
-  mesh = mesh_lib.make_mesh()
+  mesh = sharding.make_mesh()
 
   def feed(batch):
     rows = distributed.local_batch_rows(GLOBAL_BATCH, mesh)
@@ -337,7 +334,7 @@ def mode_multihost(out_path: str, process_id: int, num_processes: int, port: int
 
 def mode_single(out_path: str):
   assert jax.process_count() == 1 and jax.device_count() == 8
-  np.savez(out_path, **multihost_result(mesh_lib.make_mesh(), lambda batch: batch))
+  np.savez(out_path, **multihost_result(sharding.make_mesh(), lambda batch: batch))
 
 
 if __name__ == "__main__":

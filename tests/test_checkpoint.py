@@ -7,10 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 import train_cli
-from glofnd_jax import checkpoint as checkpoint_lib
+
 from glofnd_jax import data
+from glofnd_jax.training import checkpoint as checkpoint_lib
 
 
 def _state(value: float):

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from glofnd_jax import cli
-from glofnd_jax import tokenizer as tok
 from glofnd_jax.data import captions, pairs, webdataset
+from glofnd_jax.data import tokenizer as tok
 
 
 def png(value: int, size: int = 4) -> bytes:

@@ -8,8 +8,9 @@ import numpy as np
 import optax
 import pytest
 
-from glofnd_jax import losses, optim_clip
+from glofnd_jax import losses
 from glofnd_jax.models import clip
+from glofnd_jax.training import optim
 
 VOCAB, CONTEXT = 50, 8
 
@@ -109,7 +110,7 @@ def _params():
 
 def test_temperature_lr_step_thresh():
   """lr_tau while tau > 0.03, lr_tau / 3 once tau <= 0.03, read from the current parameter."""
-  tx = optim_clip.scale_by_temperature_lr(2e-4)
+  tx = optim.scale_by_temperature_lr(2e-4)
   state = tx.init(None)
   ones = jnp.ones(())
   warm, _ = tx.update(ones, state, jnp.float32(math.log(1 / 0.05)))
@@ -123,7 +124,7 @@ def test_clip_optimizer_groups_clamp_and_constant_temperature():
   params = _params()
   grads = {"logit_scale": jnp.float32(-1.0),  # pushes the scale up
            "dense": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones((2,))}}
-  tx = optim_clip.make_clip_optimizer(optax.constant_schedule(0.1), weight_decay=0.5,
+  tx = optim.make_clip_optimizer(optax.constant_schedule(0.1), weight_decay=0.5,
                                       lr_tau=1.0, temperature_schedule="const")
   state = tx.init(params)
   for _ in range(5):
@@ -141,7 +142,7 @@ def test_clip_optimizer_groups_clamp_and_constant_temperature():
                          tx.init(low), low)
   assert float(optax.apply_updates(low, updates)["logit_scale"]) == 0.0
   # Constant temperature (v1): the scale never moves, whatever its gradient.
-  frozen = optim_clip.make_clip_optimizer(optax.constant_schedule(0.1), weight_decay=0.1,
+  frozen = optim.make_clip_optimizer(optax.constant_schedule(0.1), weight_decay=0.1,
                                           learn_temperature=False)
   params = _params()
   updates, _ = frozen.update(grads, frozen.init(params), params)
@@ -149,7 +150,7 @@ def test_clip_optimizer_groups_clamp_and_constant_temperature():
 
 
 def test_warmup_cosine_matches_fastclip():
-  schedule = optim_clip.warmup_cosine(1e-3, warmup_steps=10, total_steps=110)
+  schedule = optim.warmup_cosine(1e-3, warmup_steps=10, total_steps=110)
   assert float(schedule(0)) == pytest.approx(1e-4)  # base * (step + 1) / warmup
   assert float(schedule(9)) == pytest.approx(1e-3)
   assert float(schedule(10)) == pytest.approx(1e-3)

@@ -1,11 +1,13 @@
 """Resuming a clip run keeps the learned thresholds, or resets them with
 ``glofnd.reset_lambda_on_resume`` (training resumes only; ``glofnd-jax eval`` never resets)."""
 
+import clip_fixtures
 import jax
 import numpy as np
 
-import clip_fixtures
-from glofnd_jax import run_clip, thresholds, train
+from glofnd_jax import thresholds
+from glofnd_jax.training import image_text as image_text_task
+from glofnd_jax.training import loop
 
 
 def _lam(state):
@@ -19,9 +21,9 @@ def test_resume_keeps_or_resets_the_thresholds(tmp_path):
   config = clip_fixtures.tiny(clip_fixtures.load_config("digits_clip_glofnd"), shards)
   config.glofnd.start_update_epoch = config.glofnd.start_mask_epoch = 0
   workdir = tmp_path / "run"
-  train.train_and_evaluate(config, workdir, evaluate=False, stop_after_steps=6)
+  loop.train_and_evaluate(config, workdir, evaluate=False, stop_after_steps=6)
 
-  run = run_clip.ClipRun(config, workdir)
+  run = image_text_task.ClipRun(config, workdir)
   target = run.init_state()
   fresh_lam, fresh_m = _lam(target)
   checkpointer = run.checkpointer()
@@ -33,7 +35,7 @@ def test_resume_keeps_or_resets_the_thresholds(tmp_path):
   assert not np.allclose(lam[keys], fresh_lam[keys]) and np.abs(m[keys]).max() > 0
 
   config.glofnd.reset_lambda_on_resume = True
-  run = run_clip.ClipRun(config, workdir)
+  run = image_text_task.ClipRun(config, workdir)
   checkpointer = run.checkpointer()
   reset, _ = checkpointer.restore(target, run.iterator())
   # `glofnd-jax eval` restores without the data iterator: the learned thresholds stay.

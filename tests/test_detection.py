@@ -181,12 +181,14 @@ def test_cosine_gamma_schedule():
 
 
 def test_quantile_metric_config_reaches_both_objectives():
-  from glofnd_jax import config_clip, config_lib  # pylint: disable=g-import-not-at-top
-  unimodal, clip = config_lib.base_config(), config_clip.clip_base_config()
-  assert not config_lib.unimodal_objective_config(unimodal).quantile_metric
-  assert not config_clip.bimodal_objective_config(clip).quantile_metric
+  from glofnd_jax.config import common as config_common
+  from glofnd_jax.config import image_text as image_text_config  # pylint: disable=g-import-not-at-top
+  from glofnd_jax.config import unimodal as unimodal_config
+  unimodal, clip = unimodal_config.base_config(), image_text_config.clip_base_config()
+  assert not unimodal_config.unimodal_objective_config(unimodal).quantile_metric
+  assert not image_text_config.bimodal_objective_config(clip).quantile_metric
   unimodal.glofnd.quantile_metric = clip.glofnd.quantile_metric = True
-  assert config_lib.unimodal_objective_config(unimodal).quantile_metric
-  assert config_clip.bimodal_objective_config(clip).quantile_metric
+  assert unimodal_config.unimodal_objective_config(unimodal).quantile_metric
+  assert image_text_config.bimodal_objective_config(clip).quantile_metric
   with pytest.raises(KeyError, match="glofnd.alpah"):
-    config_lib.glofnd_section(alpah=0.1)
+    config_common.glofnd_section(alpah=0.1)

@@ -1,4 +1,4 @@
-"""Tests of glofnd_jax.evaluate: kNN, linear probe (frozen backbone), FN precision/recall,
+"""Tests of glofnd_jax.evaluation: kNN, linear probe (frozen backbone), FN precision/recall,
 exact dataset quantile, and the results report."""
 
 import inspect
@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from glofnd_jax import evaluate
-from glofnd_jax.evaluate import features as features_lib
-from glofnd_jax.evaluate import linear_probe as probe_lib
+from glofnd_jax import evaluation as evaluate
+from glofnd_jax.evaluation import features as features_lib
+from glofnd_jax.evaluation import linear_probe as probe_lib
 
 
 def _clusters(num_classes, per_class, dim, noise, seed):

@@ -16,16 +16,19 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
 import train_cli
-from glofnd_jax import checkpoint as checkpoint_lib
-from glofnd_jax import distributed, metrics_writer, objectives, train
-from glofnd_jax import mesh as mesh_lib
-from glofnd_jax import train_step as ts
-from glofnd_jax.run_unimodal import UnimodalRun
 from scaling_worker import IN_DIM, NUM_SAMPLES, TinyEncoder, global_batches, threshold_config
 from test_hlo import per_sample_copies
 from test_train import DIGITS, load_config, tiny
+
+from glofnd_jax import distributed, objectives, sharding
+from glofnd_jax.training import checkpoint as checkpoint_lib
+from glofnd_jax.training import loop
+from glofnd_jax.training import metrics as metrics_lib
+from glofnd_jax.training import nonfinite as nonfinite_lib
+from glofnd_jax.training import step as ts
+from glofnd_jax.training import task as task_lib
+from glofnd_jax.training.unimodal import UnimodalRun
 
 POISONED_STEP = 7  # the 7th step of a run that starts at step 0
 
@@ -57,7 +60,7 @@ def _poisoned_config(policy: str):
 
 @pytest.fixture
 def poisoned_task(monkeypatch):
-  monkeypatch.setitem(train.TASKS, "poisoned", f"{__name__}:PoisonedRun")
+  monkeypatch.setitem(task_lib.TASKS, "poisoned", f"{__name__}:PoisonedRun")
 
 
 def _copy(tree):
@@ -72,7 +75,7 @@ def _leaves(state) -> dict:
 
 
 def test_skip_keeps_the_state_inside_the_step_and_stop_flags_the_arrays():
-  mesh = mesh_lib.make_mesh()
+  mesh = sharding.make_mesh()
   config = objectives.UnimodalConfig(loss="sogclr", thresholds=threshold_config(
       init_quantile=False, lam_init=0.2, start_mask=0))
   model, tx = TinyEncoder(), optax.sgd(0.1)
@@ -103,7 +106,7 @@ def test_skip_keeps_the_state_inside_the_step_and_stop_flags_the_arrays():
   # Keeping the old rows is O(batch): the compiled step still updates the (donated) per-sample
   # arrays in place, with no copy of them (the check of tests/test_hlo.py, on this step).
   hlo = skip.lower(initial, good_2).compile().as_text()
-  rows = mesh_lib.padded_size(NUM_SAMPLES, mesh)
+  rows = sharding.padded_size(NUM_SAMPLES, mesh)
   assert re.search(rf"f32\[{rows}\]\{{0\}} parameter\(", hlo), "no per-sample parameter found"
   assert not per_sample_copies(hlo, rows)
 
@@ -117,7 +120,7 @@ def test_skip_keeps_the_state_inside_the_step_and_stop_flags_the_arrays():
 
 
 def test_flags_name_lambda_and_u_rows_of_the_batch(tmp_path):
-  mesh = mesh_lib.make_mesh()
+  mesh = sharding.make_mesh()
   config = objectives.UnimodalConfig(loss="sogclr", thresholds=threshold_config())
   state = ts.create_train_state(TinyEncoder(), optax.sgd(0.1), np.zeros((2, IN_DIM), np.float32),
                                 config, NUM_SAMPLES, mesh, jax.random.key(0))
@@ -125,13 +128,13 @@ def test_flags_name_lambda_and_u_rows_of_the_batch(tmp_path):
   metrics = {"loss": jnp.float32(1.0), "grad_norm": jnp.float32(1.0)}
   lam = state.per_sample.thresholds[0].lam
   u = state.per_sample.loss[0].u
-  padded = mesh_lib.padded_size(NUM_SAMPLES, mesh)
+  padded = sharding.padded_size(NUM_SAMPLES, mesh)
 
   def flagged(lam, u):
     per_sample = state.per_sample.replace(
         thresholds=(state.per_sample.thresholds[0].replace(lam=lam),),
         loss=(state.per_sample.loss[0].replace(u=u),))
-    flags = ts.nonfinite_flags(state.replace(per_sample=per_sample), metrics, batch, padded)
+    flags = nonfinite_lib.nonfinite_flags(state.replace(per_sample=per_sample), metrics, batch, padded)
     return sorted(name for name, flag in flags.items() if flag)
 
   assert flagged(lam, u) == []
@@ -140,7 +143,7 @@ def test_flags_name_lambda_and_u_rows_of_the_batch(tmp_path):
   # Rows outside the batch are not read: a step writes only its batch rows.
   assert flagged(lam.at[5].set(jnp.nan), u) == []
 
-  monitor = train.NonFiniteMonitor("stop")
+  monitor = nonfinite_lib.Monitor("stop")
   monitor.add(11, {"loss": 1.0, "nonfinite/loss": jnp.float32(0),
                    "nonfinite/per_sample.thresholds[0].lam": jnp.float32(1)})
   checkpointer = checkpoint_lib.Checkpointer(tmp_path)
@@ -154,7 +157,7 @@ def test_flags_name_lambda_and_u_rows_of_the_batch(tmp_path):
 
 def test_stop_names_step_and_array_and_keeps_the_last_good_checkpoint(tmp_path, poisoned_task):
   with pytest.raises(FloatingPointError) as raised:
-    train.train_and_evaluate(_poisoned_config("stop"), tmp_path, evaluate=False)
+    loop.train_and_evaluate(_poisoned_config("stop"), tmp_path, evaluate=False)
   message = str(raised.value)
   assert f"at step {POISONED_STEP}" in message, message
   for array in ("loss", "gradients", "params"):
@@ -168,8 +171,8 @@ def test_stop_names_step_and_array_and_keeps_the_last_good_checkpoint(tmp_path, 
 
 
 def test_skip_finishes_the_run_and_counts_the_batch(tmp_path, poisoned_task):
-  train.train_and_evaluate(_poisoned_config("skip"), tmp_path, evaluate=False)
-  rows = metrics_writer.read_metrics(tmp_path)
+  loop.train_and_evaluate(_poisoned_config("skip"), tmp_path, evaluate=False)
+  rows = metrics_lib.read_metrics(tmp_path)
   assert rows[-1]["step"] == 12 and rows[-1]["skipped_batches"] == 1
   assert all(r["skipped_batches"] == (r["step"] >= POISONED_STEP) for r in rows)
   step, arrays = train_cli.read_state(tmp_path)

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from glofnd_jax import optim
+from glofnd_jax.training import optim
 
 
 def test_lr_scaling_and_schedule():

@@ -12,9 +12,9 @@ import signal
 import time
 
 import pytest
-
 import train_cli
-from glofnd_jax import preemption
+
+from glofnd_jax.training import preemption
 
 STEPS_PER_EPOCH = 4  # 64 synthetic samples, batch 16
 EPOCHS = 12

@@ -13,9 +13,9 @@ import json
 
 import numpy as np
 import pytest
-
 import scaling_subprocess
-from glofnd_jax import train_step as ts
+
+from glofnd_jax.training import step as ts
 
 CASES = ("sogclr", "simclr", "fastclip_v3")
 STEPS = 6

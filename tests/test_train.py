@@ -9,7 +9,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from glofnd_jax import cli, train
+from glofnd_jax import cli
+from glofnd_jax.training import loop
 
 CONFIGS = sorted((pathlib.Path(__file__).resolve().parent.parent / "configs").glob("*.py"))
 DIGITS = next(p for p in CONFIGS if p.stem == "digits_sogclr_glofnd")
@@ -57,7 +58,7 @@ def tiny(config, *, epochs=2):
 @pytest.mark.parametrize("path", UNIMODAL_CONFIGS, ids=lambda p: p.stem)
 def test_every_config_trains_and_evaluates(path, tmp_path):
   config = tiny(load_config(path))
-  results = train.train_and_evaluate(config, tmp_path)
+  results = loop.train_and_evaluate(config, tmp_path)
   assert 0.0 <= results["knn"]["top1"] <= 1.0
   assert set(results["linear_probe"]) == {"1", "0.25"}
   assert 0.0 <= results["transfer"]["synthetic"]["accuracy"] <= 1.0
@@ -84,9 +85,9 @@ def _final_arrays(workdir):
 def test_resume_is_exact(tmp_path):
   """Stopping mid-run and resuming gives bit-identical parameters and per-sample arrays."""
   config = tiny(load_config(DIGITS), epochs=3)
-  train.train_and_evaluate(config, tmp_path / "straight", evaluate=False)
-  train.train_and_evaluate(config, tmp_path / "split", evaluate=False, stop_after_steps=5)
-  train.train_and_evaluate(config, tmp_path / "split", evaluate=False)
+  loop.train_and_evaluate(config, tmp_path / "straight", evaluate=False)
+  loop.train_and_evaluate(config, tmp_path / "split", evaluate=False, stop_after_steps=5)
+  loop.train_and_evaluate(config, tmp_path / "split", evaluate=False)
   step_a, leaves_a = _final_arrays(tmp_path / "straight")
   step_b, leaves_b = _final_arrays(tmp_path / "split")
   assert step_a == step_b == 12
@@ -122,8 +123,8 @@ def test_bad_config_values_name_the_field(tmp_path):
   config.glofnd.start_update_epoch = 5
   config.glofnd.start_mask_epoch = 2
   with pytest.raises(ValueError, match="glofnd.start_update_epoch=5"):
-    train.train_and_evaluate(config, tmp_path)
+    loop.train_and_evaluate(config, tmp_path)
   config = tiny(load_config(DIGITS))
   config.batch_size = 1000
   with pytest.raises(ValueError, match="batch_size=1000"):
-    train.train_and_evaluate(config, tmp_path)
+    loop.train_and_evaluate(config, tmp_path)

@@ -6,13 +6,13 @@ import types
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from glofnd_jax import checkpoint as checkpoint_lib
-from glofnd_jax import cli, per_sample, train
-from glofnd_jax import mesh as mesh_lib
-from glofnd_jax.data import records
-from glofnd_jax.run_unimodal import UnimodalRun
 from test_train import DIGITS, load_config, tiny
+
+from glofnd_jax import cli, per_sample, sharding
+from glofnd_jax.data import records
+from glofnd_jax.training import checkpoint as checkpoint_lib
+from glofnd_jax.training import loop
+from glofnd_jax.training.unimodal import UnimodalRun
 
 
 def _config(**fields):
@@ -137,10 +137,10 @@ def test_indices_outside_the_dataset(bad, tmp_path):
 
 
 def test_global_batch_not_divisible_by_the_device_count():
-  eight_devices = types.SimpleNamespace(shape={mesh_lib.DATA: 8})  # only the axis size is read
-  mesh_lib.check_global_batch(16, eight_devices, field="config.batch_size")
+  eight_devices = types.SimpleNamespace(shape={sharding.DATA: 8})  # only the axis size is read
+  sharding.check_global_batch(16, eight_devices, field="config.batch_size")
   with pytest.raises(ValueError) as raised:
-    mesh_lib.check_global_batch(12, eight_devices, field="config.batch_size")
+    sharding.check_global_batch(12, eight_devices, field="config.batch_size")
   assert str(raised.value) == (
       "config.batch_size=12 is not a multiple of the 8 devices on the 'data' axis; choose a batch "
       "size divisible by 8 (e.g. 8 or 16).")
@@ -204,7 +204,7 @@ def test_image_shape_different_from_the_model(tmp_path):
 
 
 def test_tokenizer_file_missing(tmp_path):
-  tokenizer = pytest.importorskip("glofnd_jax.tokenizer")
+  tokenizer = pytest.importorskip("glofnd_jax.data.tokenizer")
   pytest.importorskip("tokenizers")
   path = tmp_path / "tokenizer.json"
   with pytest.raises(FileNotFoundError) as raised:
@@ -236,13 +236,13 @@ def test_misspelt_config_key_on_the_command_line(tmp_path, capsys):
 def test_train_reports_before_touching_the_workdir(tmp_path):
   """Validation runs before anything is written: a bad config leaves no checkpoint behind."""
   with pytest.raises(ValueError, match="config.glofnd.alpha=2.0"):
-    train.train_and_evaluate(_config(**{"glofnd.alpha": 2.0}), tmp_path / "run")
+    loop.train_and_evaluate(_config(**{"glofnd.alpha": 2.0}), tmp_path / "run")
   assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_workdir_given_as_a_url():
   with pytest.raises(ValueError) as raised:
-    train.train_and_evaluate(_config(), "gs://bucket/run")
+    loop.train_and_evaluate(_config(), "gs://bucket/run")
   message = str(raised.value)
   assert "--workdir='gs://bucket/run' is a URL" in message
   assert "Mount the bucket on every host" in message

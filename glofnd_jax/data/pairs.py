@@ -41,9 +41,8 @@ import grain
 import msgpack
 import numpy as np
 
-from glofnd_jax.data import webdataset
-from glofnd_jax.data.decode import decode_image, resize_image, RESIZE_MODES
-from glofnd_jax.data import pipeline
+from glofnd_jax.data import pipeline, webdataset
+from glofnd_jax.data.decode import RESIZE_MODES, decode_image, resize_image
 
 BAD_SAMPLE_POLICIES = ("skip", "fail")
 
@@ -410,7 +409,7 @@ def make_pair_dataset(source, tokenizer: Callable[[str], np.ndarray], *, global_
   Args:
     source: a pair source.
     tokenizer: ``caption -> int32 (context_length,)`` (e.g. a
-      :class:`glofnd_jax.tokenizer.ClipTokenizer`).
+      :class:`glofnd_jax.data.tokenizer.ClipTokenizer`).
     global_batch_size ... process_count: as :func:`glofnd_jax.data.pipeline.make_dataset`.
 
   Returns:

@@ -8,9 +8,8 @@ function of ``(seed, index)``: no storage, nothing to download, any number of re
 
 from __future__ import annotations
 
-from typing import Any
-
 import zlib
+from typing import Any
 
 import numpy as np
 from PIL import Image

@@ -14,13 +14,13 @@ Image towers (``(B, H, W, C)`` float images -> float32 ``(B, embed_dim)``):
 
 :class:`TextTransformer`: token and position embeddings, a causal transformer, a final
 LayerNorm, and the feature read at the end token, the largest id of each sequence (CLIP's
-``text.argmax(-1)``; :mod:`glofnd_jax.tokenizer` guarantees it), then a linear projection.
+``text.argmax(-1)``; :mod:`glofnd_jax.data.tokenizer` guarantees it), then a linear projection.
 
 :class:`CLIP` returns ``(image_features, text_features, logit_scale)`` with
 ``logit_scale = exp(s)`` for a scalar parameter ``s`` initialised to ``log(1 / temperature)``
-(``log(1 / 0.07)``), as :func:`glofnd_jax.train_step.make_bimodal_train_step` expects. The
+(``log(1 / 0.07)``), as :func:`glofnd_jax.training.step.make_bimodal_train_step` expects. The
 clamp ``s <= log(100)`` (scale at most 100) is applied to the parameter after every optimiser
-step (:func:`glofnd_jax.optim_clip.clamp_logit_scale`), as CLIP's training code does, so the
+step (:func:`glofnd_jax.training.optim.clamp_logit_scale`), as CLIP's training code does, so the
 gradient through ``exp(s)`` is never cut. With a constant temperature (FastCLIP-v1) the
 optimiser leaves ``s`` untouched. Features are returned unnormalised; the loss normalises.
 
@@ -38,7 +38,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from glofnd_jax.models.resnet import BN_EPSILON, BN_MOMENTUM
+from glofnd_jax.models import layers
 from glofnd_jax.models.small_cnn import SmallCNN
 
 MAX_LOGIT_SCALE = 100.0
@@ -138,18 +138,6 @@ class Transformer(nn.Module):
 # ----------------------------------------------------------------------------- image towers
 
 
-def _bn(train: bool, dtype: Any, name: str, zero: bool = False) -> nn.BatchNorm:
-  return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                      dtype=dtype, name=name,
-                      scale_init=nn.initializers.zeros if zero else nn.initializers.ones)
-
-
-def _conv(features: int, kernel: int, dtype: Any, name: str, strides: int = 1) -> nn.Conv:
-  pad = kernel // 2
-  return nn.Conv(features, (kernel, kernel), strides=strides, padding=((pad, pad), (pad, pad)),
-                 use_bias=False, dtype=dtype, name=name)
-
-
 def _avg_pool(x, stride: int):
   return x if stride == 1 else nn.avg_pool(x, (stride, stride), strides=(stride, stride))
 
@@ -164,15 +152,17 @@ class CLIPBottleneck(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    out = nn.relu(_bn(train, self.dtype, "bn1")(_conv(self.planes, 1, self.dtype, "conv1")(x)))
-    out = nn.relu(_bn(train, self.dtype, "bn2")(_conv(self.planes, 3, self.dtype, "conv2")(out)))
+    out = layers.conv(self.planes, 1, 1, self.dtype, "conv1")(x)
+    out = nn.relu(layers.batch_norm(train, self.dtype, name="bn1")(out))
+    out = layers.conv(self.planes, 3, 1, self.dtype, "conv2")(out)
+    out = nn.relu(layers.batch_norm(train, self.dtype, name="bn2")(out))
     out = _avg_pool(out, self.stride)
-    out = _bn(train, self.dtype, "bn3", zero=True)(
-        _conv(self.planes * 4, 1, self.dtype, "conv3")(out))
+    out = layers.batch_norm(train, self.dtype, name="bn3", scale_init=nn.initializers.zeros)(
+        layers.conv(self.planes * 4, 1, 1, self.dtype, "conv3")(out))
     if self.stride > 1 or x.shape[-1] != self.planes * 4:
       x = _avg_pool(x, self.stride)
-      x = _bn(train, self.dtype, "downsample_bn")(
-          _conv(self.planes * 4, 1, self.dtype, "downsample_conv")(x))
+      x = layers.batch_norm(train, self.dtype, name="downsample_bn")(
+          layers.conv(self.planes * 4, 1, 1, self.dtype, "downsample_conv")(x))
     return nn.relu(out + x)
 
 
@@ -221,8 +211,8 @@ class ModifiedResNet(nn.Module):
     x = x.astype(self.dtype)
     for i, (features, stride) in enumerate(((self.width // 2, 2), (self.width // 2, 1),
                                             (self.width, 1))):
-      x = _conv(features, 3, self.dtype, f"stem_conv{i + 1}", strides=stride)(x)
-      x = nn.relu(_bn(train, self.dtype, f"stem_bn{i + 1}")(x))
+      x = layers.conv(features, 3, stride, self.dtype, f"stem_conv{i + 1}")(x)
+      x = nn.relu(layers.batch_norm(train, self.dtype, name=f"stem_bn{i + 1}")(x))
     x = _avg_pool(x, 2)
     for stage, blocks in enumerate(self.layers):
       for i in range(blocks):

@@ -13,7 +13,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from glofnd_jax.models.resnet import BN_EPSILON, BN_MOMENTUM
+from glofnd_jax.models import layers
 
 
 class ProjectionHead(nn.Module):
@@ -34,13 +34,11 @@ class ProjectionHead(nn.Module):
     """Args: x: ``(B, F)`` backbone features. Returns: float32 ``(B, out_dim)``."""
     if self.num_layers < 1:
       raise ValueError(f"num_layers={self.num_layers} must be >= 1.")
-    norm = lambda name, **kw: nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
-                                           epsilon=BN_EPSILON, name=name, **kw)
     x = x.astype(self.dtype)
     for i in range(self.num_layers - 1):
       x = nn.Dense(self.hidden_dim, use_bias=False, dtype=self.dtype, name=f"dense{i + 1}")(x)
-      x = nn.relu(norm(f"bn{i + 1}", dtype=self.dtype)(x))
+      x = nn.relu(layers.batch_norm(train, self.dtype, name=f"bn{i + 1}")(x))
     x = nn.Dense(self.out_dim, use_bias=False, dtype=self.dtype,
                  name=f"dense{self.num_layers}")(x)
-    return norm(f"bn{self.num_layers}", dtype=jnp.float32, use_scale=False,
+    return layers.batch_norm(train, jnp.float32, name=f"bn{self.num_layers}", use_scale=False,
                 use_bias=False)(x.astype(jnp.float32))

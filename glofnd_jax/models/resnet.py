@@ -21,21 +21,10 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-BN_MOMENTUM = 0.9
-BN_EPSILON = 1e-5
-conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+from glofnd_jax.models import layers
+
 STEMS = ("imagenet", "cifar")
-
-
-def _norm(train: bool, dtype: Any, **kwargs) -> nn.BatchNorm:
-  return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                      dtype=dtype, **kwargs)
-
-
-def _conv(features: int, kernel: int, strides: int, dtype: Any, name: str) -> nn.Conv:
-  pad = kernel // 2
-  return nn.Conv(features, (kernel, kernel), strides=strides, padding=((pad, pad), (pad, pad)),
-                 use_bias=False, dtype=dtype, kernel_init=conv_init, name=name)
+_he_conv = functools.partial(layers.conv, kernel_init=layers.he_fan_out)
 
 
 class BasicBlock(nn.Module):
@@ -49,14 +38,14 @@ class BasicBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    y = _conv(self.features, 3, self.strides, self.dtype, "conv1")(x)
-    y = nn.relu(_norm(train, self.dtype, name="bn1")(y))
-    y = _conv(self.features, 3, 1, self.dtype, "conv2")(y)
+    y = _he_conv(self.features, 3, self.strides, self.dtype, "conv1")(x)
+    y = nn.relu(layers.batch_norm(train, self.dtype, name="bn1")(y))
+    y = _he_conv(self.features, 3, 1, self.dtype, "conv2")(y)
     last_init = nn.initializers.zeros if self.zero_init_last_bn else nn.initializers.ones
-    y = _norm(train, self.dtype, scale_init=last_init, name="bn2")(y)
+    y = layers.batch_norm(train, self.dtype, scale_init=last_init, name="bn2")(y)
     if x.shape != y.shape:
-      x = _conv(self.features, 1, self.strides, self.dtype, "downsample_conv")(x)
-      x = _norm(train, self.dtype, name="downsample_bn")(x)
+      x = _he_conv(self.features, 1, self.strides, self.dtype, "downsample_conv")(x)
+      x = layers.batch_norm(train, self.dtype, name="downsample_bn")(x)
     return nn.relu(y + x)
 
 
@@ -71,16 +60,16 @@ class Bottleneck(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    y = _conv(self.features, 1, 1, self.dtype, "conv1")(x)
-    y = nn.relu(_norm(train, self.dtype, name="bn1")(y))
-    y = _conv(self.features, 3, self.strides, self.dtype, "conv2")(y)
-    y = nn.relu(_norm(train, self.dtype, name="bn2")(y))
-    y = _conv(self.features * 4, 1, 1, self.dtype, "conv3")(y)
+    y = _he_conv(self.features, 1, 1, self.dtype, "conv1")(x)
+    y = nn.relu(layers.batch_norm(train, self.dtype, name="bn1")(y))
+    y = _he_conv(self.features, 3, self.strides, self.dtype, "conv2")(y)
+    y = nn.relu(layers.batch_norm(train, self.dtype, name="bn2")(y))
+    y = _he_conv(self.features * 4, 1, 1, self.dtype, "conv3")(y)
     last_init = nn.initializers.zeros if self.zero_init_last_bn else nn.initializers.ones
-    y = _norm(train, self.dtype, scale_init=last_init, name="bn3")(y)
+    y = layers.batch_norm(train, self.dtype, scale_init=last_init, name="bn3")(y)
     if x.shape != y.shape:
-      x = _conv(self.features * 4, 1, self.strides, self.dtype, "downsample_conv")(x)
-      x = _norm(train, self.dtype, name="downsample_bn")(x)
+      x = _he_conv(self.features * 4, 1, self.strides, self.dtype, "downsample_conv")(x)
+      x = layers.batch_norm(train, self.dtype, name="downsample_bn")(x)
     return nn.relu(y + x)
 
 
@@ -120,12 +109,12 @@ class ResNet(nn.Module):
       raise ValueError(f"block={self.block!r} is not 'basic' or 'bottleneck'.")
     x = x.astype(self.dtype)
     if self.stem == "imagenet":
-      x = _conv(self.num_filters, 7, 2, self.dtype, "stem_conv")(x)
-      x = nn.relu(_norm(train, self.dtype, name="stem_bn")(x))
+      x = _he_conv(self.num_filters, 7, 2, self.dtype, "stem_conv")(x)
+      x = nn.relu(layers.batch_norm(train, self.dtype, name="stem_bn")(x))
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     else:
-      x = _conv(self.num_filters, 3, 1, self.dtype, "stem_conv")(x)
-      x = nn.relu(_norm(train, self.dtype, name="stem_bn")(x))
+      x = _he_conv(self.num_filters, 3, 1, self.dtype, "stem_conv")(x)
+      x = nn.relu(layers.batch_norm(train, self.dtype, name="stem_bn")(x))
     block = functools.partial(block_cls, zero_init_last_bn=self.zero_init_residual,
                               dtype=self.dtype)
     for stage, num_blocks in enumerate(self.stage_sizes):

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from glofnd_jax.models.resnet import BN_EPSILON, BN_MOMENTUM, conv_init
+from glofnd_jax.models import layers
 
 
 class SmallCNN(nn.Module):
@@ -33,12 +33,11 @@ class SmallCNN(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = True):
     """Args: x: float ``(B, H, W, C)`` normalised images. Returns: float32 ``(B, F)``."""
-    norm = lambda name: nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
-                                     epsilon=BN_EPSILON, dtype=self.dtype, name=name)
+    norm = lambda name: layers.batch_norm(train, self.dtype, name=name)
     x = x.astype(self.dtype)
     for i, (width, strides) in enumerate(zip(self.widths, (1, 2, 1))):
       x = nn.Conv(width, (3, 3), strides=strides, padding=((1, 1), (1, 1)), use_bias=False,
-                  dtype=self.dtype, kernel_init=conv_init, name=f"conv{i + 1}")(x)
+                  dtype=self.dtype, kernel_init=layers.he_fan_out, name=f"conv{i + 1}")(x)
       x = nn.relu(norm(f"bn{i + 1}")(x))
     x = x.reshape(x.shape[0], -1)
     x = nn.Dense(self.feature_dim, use_bias=False, dtype=self.dtype, name="fc")(x)

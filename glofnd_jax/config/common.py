@@ -1,9 +1,7 @@
-"""The training config schema (ml_collections) and its translation into library objects.
+"""What every task's config shares: the ``glofnd`` section, field checks, the known-key check.
 
-Every config file in ``configs/`` starts from :func:`base_config` and overrides what its recipe
-needs; every key is listed here with its meaning. Command-line overrides use the same names
-(``--config.glofnd.mode=fnd``). Validation happens in the builders below, with messages naming
-the config field.
+Each task's schema (:mod:`glofnd_jax.config.unimodal`, :mod:`glofnd_jax.config.image_text`)
+builds on these; validation messages name the config field and the fix.
 """
 
 from __future__ import annotations
@@ -13,8 +11,8 @@ import pathlib
 
 import ml_collections
 
-from glofnd_jax import augment as augment_lib
-from glofnd_jax import detection, objectives, thresholds
+from glofnd_jax import detection, thresholds
+from glofnd_jax.training import nonfinite as nonfinite_lib
 
 
 def glofnd_section(**overrides) -> ml_collections.ConfigDict:
@@ -42,83 +40,6 @@ def glofnd_section(**overrides) -> ml_collections.ConfigDict:
   return g
 
 
-def base_config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.task = "unimodal"           # unimodal (SogCLR/SimCLR on images)
-  c.seed = 0
-  c.batch_size = 128           # global batch, over all devices and processes
-  c.epochs = 100
-  c.log_every_steps = 20
-  c.checkpoint_every_steps = 500
-  c.keep_checkpoints = 3
-  c.nonfinite = "stop"         # stop (keep the last good checkpoint) | skip (skip the batch) | off
-  c.lambda_snapshot_every_epochs = 10
-
-  c.data = ml_collections.ConfigDict()
-  c.data.name = "digits"       # digits | synthetic | arrayrecord | imagenet100 | tfds:<name>
-  c.data.data_dir = ""         # our ArrayRecord dir or the TFDS data_dir ("" = default)
-  c.data.train_split = "train"
-  c.data.val_split = "val"     # "" = hold out eval.val_fraction of train for probe selection
-  c.data.test_split = "test"
-  c.data.image_size = 8        # images are resized to this in the input pipeline
-  c.data.channels = 1
-  c.data.read_threads = 1
-  c.data.synthetic_num_samples = 256  # only for name="synthetic" (test stand-in data)
-
-  c.augment = ml_collections.ConfigDict()
-  c.augment.kind = "digits"    # digits | simclr (fields below override the recipe's defaults)
-  c.augment.crop_size = 0      # simclr: output size (0 = input size)
-  c.augment.crop_scale = (0.08, 1.0)
-  c.augment.flip_prob = 0.5
-  c.augment.jitter_prob = 0.8
-  c.augment.jitter_strength = 1.0  # scales brightness/contrast/saturation 0.4 and hue 0.1
-  c.augment.grayscale_prob = 0.2
-  c.augment.blur_prob = 0.5
-  c.augment.mean = (0.485, 0.456, 0.406)
-  c.augment.std = (0.229, 0.224, 0.225)
-
-  c.model = ml_collections.ConfigDict()
-  c.model.name = "small_cnn"   # small_cnn | resnet18 | resnet50
-  c.model.stem = "cifar"       # resnets: cifar | imagenet
-  c.model.num_filters = 64     # resnets: width of the first stage (smaller for tests)
-  c.model.proj_dim = 128
-  c.model.proj_hidden_dim = 0  # 0 = the backbone's feature width
-  c.model.proj_layers = 2
-  c.model.dtype = "float32"    # or bfloat16 (loss-side numerics stay float32)
-
-  c.loss = ml_collections.ConfigDict()
-  c.loss.name = "sogclr"       # sogclr | simclr
-  c.loss.temperature = 0.1
-  c.loss.gamma = 0.9
-
-  c.glofnd = glofnd_section()
-
-  c.optim = ml_collections.ConfigDict()
-  c.optim.name = "lars"        # lars | adamw | sgd
-  c.optim.lr = 0.075
-  c.optim.lr_scaling = "sqrt"  # none | linear (lr*B/256) | sqrt (lr*sqrt(B))
-  c.optim.warmup_epochs = 10
-  c.optim.weight_decay = 1e-6
-  c.optim.momentum = 0.9
-
-  c.eval = ml_collections.ConfigDict()
-  c.eval.knn_k = 200
-  c.eval.knn_temperature = 0.1
-  c.eval.probe_fractions = (1.0, 0.1, 0.01)
-  c.eval.val_fraction = 0.1
-  c.eval.quantile = True       # exact dataset-wide quantile and lambda error (datasets that fit)
-  c.eval.max_quantile_samples = 50_000
-  c.eval.batch_size = 256
-  # Transfer: logistic regression on other datasets' frozen features, as "name:train:test"
-  # (read like data.name, from data.data_dir, with the same image size), e.g.
-  # ("tfds:cifar100:train:test",). Model selection on a held-out part of their train split.
-  c.eval.transfer = ()
-  return c
-
-
-NONFINITE_POLICIES = ("stop", "skip", "off")
-
-
 def _require(condition: bool, field: str, value, fix: str) -> None:
   if not condition:
     raise ValueError(f"config.{field}={value!r} is invalid: {fix}")
@@ -140,8 +61,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(config.glofnd.lr > 0, "glofnd.lr", config.glofnd.lr,
            "the threshold learning rate must be positive (the paper uses 0.05).")
   nonfinite = config.get("nonfinite", "stop")
-  _require(nonfinite in NONFINITE_POLICIES, "nonfinite", nonfinite,
-           f"choose one of {', '.join(NONFINITE_POLICIES)}.")
+  _require(nonfinite in nonfinite_lib.POLICIES, "nonfinite", nonfinite,
+           f"choose one of {', '.join(nonfinite_lib.POLICIES)}.")
   _require(config.glofnd.start_update_epoch <= config.glofnd.start_mask_epoch,
            "glofnd.start_update_epoch", config.glofnd.start_update_epoch,
            f"it is after glofnd.start_mask_epoch={config.glofnd.start_mask_epoch}; the mask would "
@@ -194,7 +115,8 @@ def check_known_keys(config: ml_collections.ConfigDict, schema: ml_collections.C
       hint = f"did you mean config.{prefix}{close[0]}?" if close else (
           f"known keys here: {', '.join(sorted(schema.keys()))}.")
       raise ValueError(f"config.{field} is not a known config key (value {config[key]!r}): "
-                       f"{hint} Every key is listed in glofnd_jax/config_lib.py:base_config().")
+                       f"{hint} Every key is listed in glofnd_jax/config/unimodal.py:base_config() "
+                       "(image-text: glofnd_jax/config/image_text.py).")
     if isinstance(config[key], ml_collections.ConfigDict) and isinstance(
         schema[key], ml_collections.ConfigDict):
       check_known_keys(config[key], schema[key], f"{field}.")
@@ -208,35 +130,4 @@ def threshold_config(config) -> thresholds.ThresholdConfig:
       per_sample_steps=g.per_sample_steps, init_quantile=g.init_quantile,
       start_update=g.start_update_epoch, start_mask=g.start_mask_epoch)
 
-
-def unimodal_objective_config(config) -> objectives.UnimodalConfig:
-  validate(config)
-  return objectives.UnimodalConfig(
-      loss=config.loss.name, mode=config.glofnd.mode, thresholds=threshold_config(config),
-      alphas=tuple(float(a) for a in config.glofnd.alphas),
-      temperature=config.loss.temperature, gamma=config.loss.gamma,
-      quantile_metric=bool(config.glofnd.quantile_metric))
-
-
-def augment_config(config):
-  a = config.augment
-  if a.kind == "digits":
-    return augment_lib.DigitsAugmentConfig()
-  if a.kind == "simclr":
-    s = a.jitter_strength
-    return augment_lib.SimCLRAugmentConfig(
-        crop_size=a.crop_size or None, crop_scale=tuple(a.crop_scale), flip_prob=a.flip_prob,
-        jitter_prob=a.jitter_prob, brightness=0.4 * s, contrast=0.4 * s, saturation=0.4 * s,
-        hue=0.1 * s, grayscale_prob=a.grayscale_prob, blur_prob=a.blur_prob,
-        mean=tuple(a.mean), std=tuple(a.std))
-  raise ValueError(f"config.augment.kind={a.kind!r} is unknown: use 'digits' or 'simclr'.")
-
-
-def model_kwargs(config) -> dict:
-  m = config.model
-  kwargs = dict(proj_dim=m.proj_dim, proj_hidden_dim=m.proj_hidden_dim or None,
-                proj_layers=m.proj_layers, dtype=m.dtype)
-  if m.name.startswith("resnet"):
-    kwargs.update(stem=m.stem, num_filters=m.num_filters)
-  return kwargs
 

@@ -16,7 +16,7 @@ matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from glofnd_jax.metrics_writer import read_metrics  # noqa: E402
+from glofnd_jax.training.metrics import read_metrics  # noqa: E402
 
 LAMBDA_BINS = np.linspace(-1.0, 1.0, 81)
 

@@ -3,21 +3,23 @@
 Config files (``configs/*clip*.py``, ``configs/cc3m_*.py``) start from :func:`clip_base_config`
 and override what their recipe needs; every key is listed here with its meaning. Command-line
 overrides use the same names (``--config.loss.version=v1``). The ``glofnd`` and ``augment``
-sections mean what they mean in :func:`glofnd_jax.config_lib.base_config`.
+sections mean what they mean in :func:`glofnd_jax.config.unimodal.base_config`.
 """
 
 from __future__ import annotations
 
 import ml_collections
 
-from glofnd_jax import config_lib, detection, objectives, optim_clip
+from glofnd_jax import detection, objectives
+from glofnd_jax.config import common as config_common
 from glofnd_jax.data import pairs
 from glofnd_jax.models import clip as clip_models
+from glofnd_jax.training import optim
 
 
 def clip_base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.task = "clip"              # image-text: FastCLIP v1/v3 + GloFND (glofnd_jax.run_clip)
+  c.task = "clip"              # image-text: FastCLIP v1/v3 + GloFND (training/image_text.py)
   c.seed = 0
   c.batch_size = 1024          # global batch, over all devices and processes
   c.epochs = 37
@@ -48,7 +50,7 @@ def clip_base_config() -> ml_collections.ConfigDict:
   c.data.resize_mode = "center_crop"  # center_crop | stretch
   c.data.read_threads = 2
 
-  c.augment = ml_collections.ConfigDict()  # as config_lib.base_config's augment section
+  c.augment = ml_collections.ConfigDict()  # as unimodal_config.base_config's augment section
   c.augment.kind = "simclr"    # digits | simclr (a random resized crop and nothing else below)
   c.augment.crop_size = 0      # 0 = the input size (data.image_size)
   c.augment.crop_scale = (0.9, 1.0)  # open_clip's training crop
@@ -95,7 +97,7 @@ def clip_base_config() -> ml_collections.ConfigDict:
   c.loss.gamma_decay_epochs = 18  # ... over this many epochs
   c.loss.gamma_schedule = "cosine"  # cosine | constant (gamma_min from epoch 1)
 
-  c.glofnd = config_lib.glofnd_section(  # FastCLIP passes its eps to the threshold Adam
+  c.glofnd = config_common.glofnd_section(  # FastCLIP passes its eps to the threshold Adam
       alpha=1e-3, eps=1e-14, start_update_epoch=20, start_mask_epoch=20)
   c.glofnd.reset_lambda_on_resume = False  # on resume: lambda = lam_init, moments 0 (u kept)
 
@@ -125,9 +127,9 @@ def clip_base_config() -> ml_collections.ConfigDict:
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Field checks of a clip config (builders check their own fields too)."""
-  config_lib.validate(config)
-  config_lib.check_known_keys(config, clip_base_config())
-  req = config_lib._require  # pylint: disable=protected-access
+  config_common.validate(config)
+  config_common.check_known_keys(config, clip_base_config())
+  req = config_common._require  # pylint: disable=protected-access
   req(config.loss.version in ("v1", "v3"), "loss.version", config.loss.version,
       "use 'v3' (learnable temperature) or 'v1' (constant).")
   req(config.data.on_bad_sample in pairs.BAD_SAMPLE_POLICIES, "data.on_bad_sample",
@@ -138,9 +140,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
       "CLIP training uses 'adamw'.")
   req(config.optim.warmup_steps >= 0, "optim.warmup_steps", config.optim.warmup_steps,
       "use >= 0.")
-  req(config.optim.temperature_schedule in optim_clip.TEMPERATURE_SCHEDULES,
+  req(config.optim.temperature_schedule in optim.TEMPERATURE_SCHEDULES,
       "optim.temperature_schedule", config.optim.temperature_schedule,
-      f"choose one of {', '.join(optim_clip.TEMPERATURE_SCHEDULES)}.")
+      f"choose one of {', '.join(optim.TEMPERATURE_SCHEDULES)}.")
   req(config.tokenizer.context_length >= 3, "tokenizer.context_length",
       config.tokenizer.context_length, "use >= 3 (CLIP: 77).")
   req(config.glofnd.mode != "oracle" or config.data.label_field, "glofnd.mode",
@@ -153,7 +155,7 @@ def bimodal_objective_config(config) -> objectives.BimodalConfig:
   validate(config)
   l = config.loss
   return objectives.BimodalConfig(
-      version=l.version, mode=config.glofnd.mode, thresholds=config_lib.threshold_config(config),
+      version=l.version, mode=config.glofnd.mode, thresholds=config_common.threshold_config(config),
       alphas=tuple(float(a) for a in config.glofnd.alphas), rho=l.rho, eps=l.eps,
       gamma_min=l.gamma_min, gamma_decay_epochs=l.gamma_decay_epochs,
       gamma_schedule=l.gamma_schedule, quantile_metric=bool(config.glofnd.quantile_metric))

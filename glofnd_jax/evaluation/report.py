@@ -5,7 +5,7 @@ Accuracies, precisions, recalls and fractions are in [0, 1] (the table prints pe
 A value that is undefined (NaN, e.g. precision when nothing is flagged) is written as ``null``.
 
 * ``"knn"``: weighted kNN on frozen backbone features
-  (:func:`~glofnd_jax.evaluate.knn.knn_classify`).
+  (:func:`~glofnd_jax.evaluation.knn.knn_classify`).
 
   - ``top1``: top-1 test accuracy.
   - ``top5``: top-5 test accuracy (only with at least 5 classes).
@@ -15,7 +15,7 @@ A value that is undefined (NaN, e.g. precision when nothing is flagged) is writt
 
 * ``"linear_probe"``: logistic regression on frozen backbone features, one entry per label
   fraction, keyed by the fraction as ``f"{fraction:g}"`` (``"1"``, ``"0.1"``, ``"0.01"``)
-  (:func:`~glofnd_jax.evaluate.linear_probe.linear_probe_fractions`). Each entry:
+  (:func:`~glofnd_jax.evaluation.linear_probe.linear_probe_fractions`). Each entry:
 
   - ``label_fraction``: the fraction of the training pool's labels used (class-balanced).
   - ``accuracy``: test accuracy of the model selected on validation.
@@ -31,7 +31,7 @@ A value that is undefined (NaN, e.g. precision when nothing is flagged) is writt
 
 * ``"false_negatives"``: the threshold rule ``s_ij > lam_i`` as a false-negative detector,
   judged by class labels over all ordered pairs i != j
-  (:func:`~glofnd_jax.evaluate.false_negatives.false_negative_precision_recall`).
+  (:func:`~glofnd_jax.evaluation.false_negatives.false_negative_precision_recall`).
 
   - ``precision``: flagged same-class pairs / flagged pairs.
   - ``recall``: flagged same-class pairs / same-class pairs.
@@ -40,7 +40,7 @@ A value that is undefined (NaN, e.g. precision when nothing is flagged) is writt
 
 * ``"lambda_error"``: learned lambda against the exact dataset-wide (1 - alpha) quantile of
   each sample's similarities to all others, on un-augmented samples
-  (:func:`~glofnd_jax.evaluate.quantile.lambda_error`).
+  (:func:`~glofnd_jax.evaluation.quantile.lambda_error`).
 
   - ``mean_abs_error``, ``median_abs_error``, ``max_abs_error``: of ``|lam - exact|``.
   - ``mean_error``: mean of ``lam - exact`` (positive: lambda too high, too few pairs flagged).

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import pathlib
-from typing import Any
+from typing import Any, Callable
 
 import grain
 import jax
@@ -99,13 +99,18 @@ class Checkpointer:
     position_is_global: the data iterator's saved position means the same on every process and
       for every process count (true of :func:`glofnd_jax.data.make_iterator`), so a run may
       resume with another number of processes.
+    on_restore: optional ``f(state, step) -> state`` applied after a *training* resume (a
+      restore with the data iterator), e.g. to reset the thresholds; ``glofnd-jax eval``
+      restores without the iterator and gets the saved state unchanged.
   """
 
   def __init__(self, directory, *, max_to_keep: int = 3, async_save: bool = True,
-               fingerprint: dict | None = None, position_is_global: bool = False):
+               fingerprint: dict | None = None, position_is_global: bool = False,
+               on_restore: Callable[[Any, int], Any] | None = None):
     self.directory = pathlib.Path(directory).absolute()
     self.fingerprint = fingerprint
     self.position_is_global = position_is_global
+    self.on_restore = on_restore
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                            enable_async_checkpointing=async_save)
     # Handlers named up front so metadata (saved shapes) can be read before anything is saved.
@@ -186,7 +191,10 @@ class Checkpointer:
         and self._restore_iterator_across_process_counts(step, data_iterator)):
       items[DATA] = grain.checkpoint.CheckpointRestore(data_iterator)
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-    return restored[STATE], step
+    state = restored[STATE]
+    if data_iterator is not None and self.on_restore is not None:
+      state = self.on_restore(state, step)
+    return state, step
 
   def _restore_iterator_across_process_counts(self, step: int, data_iterator) -> bool:
     """Set the iterator from a save by another number of processes; False if not needed.

@@ -1,7 +1,7 @@
 """Pure, jitted train steps (Flax Linen model + optax) with the per-sample state sharded.
 
 A step is ``step(state, batch) -> (state, metrics)``, compiled once by ``jax.jit`` with explicit
-in/out shardings (:mod:`glofnd_jax.mesh`) and the train state donated, so the per-sample arrays
+in/out shardings (:mod:`glofnd_jax.sharding`) and the train state donated, so the per-sample arrays
 are updated in place. Everything that changes between steps (step count, epoch, PRNG key) is
 traced, so a run compiles the step exactly once.
 
@@ -11,11 +11,7 @@ single-device global-batch gradient (every cross-device term included: it is the
 only partitioned). The per-sample state is read and written by global index with O(batch)
 collectives (``tests/test_hlo.py`` checks the compiled HLO).
 
-Non-finite values (``nonfinite=``): ``"stop"`` adds ``nonfinite/<array>`` flags to the metrics
-(the loss, gradients, parameters, optimiser state, batch statistics, and the batch rows of every
-per-sample array, the only rows a step writes) for the train loop to stop on; ``"skip"`` also
-keeps the old state when any flag is set, inside the step (no host round trip), and counts the
-skipped batches in ``TrainState.skipped_batches``.
+Non-finite values: :mod:`glofnd_jax.training.nonfinite` wraps the step (``nonfinite=``).
 """
 
 from __future__ import annotations
@@ -30,10 +26,8 @@ import optax
 from flax import struct
 from jax.sharding import Mesh
 
-from glofnd_jax import mesh as mesh_lib
-from glofnd_jax import objectives
-from glofnd_jax import per_sample as per_sample_lib
-from glofnd_jax import state as state_lib
+from glofnd_jax import objectives, sharding
+from glofnd_jax.training import nonfinite as nonfinite_lib
 
 
 @struct.dataclass
@@ -84,7 +78,7 @@ def epoch_at_step(step, global_batch: int, num_samples: int) -> jax.Array:
 
 def train_state_shardings(per_sample_shardings: Any, mesh: Mesh) -> TrainState:
   """Sharding prefix tree of a :class:`TrainState` (per-sample leaves from the state module)."""
-  replicated = mesh_lib.replicated(mesh)
+  replicated = sharding.replicated(mesh)
   return TrainState(step=replicated, params=replicated, batch_stats=replicated,
                     opt_state=replicated, per_sample=per_sample_shardings, rng=replicated,
                     skipped_batches=replicated)
@@ -118,107 +112,18 @@ def _differentiate_and_update(tx, state: TrainState, loss_fn, epoch):
 
 def _row_constraint(mesh: Mesh):
   """Keep ``(R, B, C)`` similarity rows and masks split by anchor: no device builds all B rows."""
-  return lambda x: mesh_lib.constrain_similarity_rows(x, mesh)
-
-
-NONFINITE_POLICIES = ("off", "stop", "skip")
-NONFINITE_PREFIX = "nonfinite/"
-
-
-def _all_finite(tree) -> jax.Array:
-  """``()`` bool: every floating-point element of ``tree`` is finite (True for no such leaf)."""
-  checks = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
-            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
-  return jnp.all(jnp.stack(checks)) if checks else jnp.asarray(True)
-
-
-def _batch_index(batch: dict) -> jax.Array:
-  """Every global dataset index the batch addresses (``index``, ``index_img``, ``index_txt``)."""
-  return jnp.concatenate([batch[k].reshape(-1) for k in sorted(batch) if k.startswith("index")])
-
-
-def _is_per_sample_rows(leaf, num_samples_padded: int) -> bool:
-  return jnp.ndim(leaf) >= 1 and leaf.shape[0] == num_samples_padded
-
-
-def nonfinite_flags(new: TrainState, metrics: dict, batch: dict, num_samples_padded: int) -> dict:
-  """``{array name: () bool}``, True where a step produced a non-finite value.
-
-  Args:
-    new: the state the step returned.
-    metrics: its metrics (``loss`` and ``grad_norm`` are read).
-    batch: the batch (every ``index*`` entry is read).
-    num_samples_padded: N_pad; leaves with this leading dimension are per-sample arrays.
-
-  Per-sample arrays are checked only at the batch's rows: a step writes no other row, and the
-  state before the step was finite, so this is exact at O(batch) cost.
-  """
-  flags = {"loss": ~jnp.isfinite(metrics["loss"]),
-           "gradients": ~jnp.isfinite(metrics["grad_norm"]),
-           "params": ~_all_finite(new.params),
-           "batch_stats": ~_all_finite(new.batch_stats),
-           "opt_state": ~_all_finite(new.opt_state)}
-  index = _batch_index(batch)
-  for path, leaf in jax.tree_util.tree_flatten_with_path(new.per_sample)[0]:
-    if not jnp.issubdtype(leaf.dtype, jnp.inexact):
-      continue
-    is_rows = _is_per_sample_rows(leaf, num_samples_padded)
-    rows = per_sample_lib.gather(leaf, index) if is_rows else leaf
-    flags["per_sample" + jax.tree_util.keystr(path)] = ~jnp.all(jnp.isfinite(rows))
-  return flags
-
-
-def _keep_old_state(bad: jax.Array, old: TrainState, new: TrainState, batch: dict,
-                    num_samples_padded: int) -> TrainState:
-  """``old`` where ``bad`` else ``new``, for every leaf but the step count (a skipped batch is
-  still consumed). Per-sample arrays are restored only at the batch rows (O(batch), in place)."""
-  pick = lambda n, o: jnp.where(bad, o, n)
-  index = _batch_index(batch)
-
-  def per_sample_leaf(n, o):
-    if not _is_per_sample_rows(n, num_samples_padded):
-      return pick(n, o)
-    rows = pick(per_sample_lib.gather(n, index), per_sample_lib.gather(o, index))
-    return per_sample_lib.scatter(n, index, rows)
-
-  return new.replace(
-      params=jax.tree.map(pick, new.params, old.params),
-      batch_stats=jax.tree.map(pick, new.batch_stats, old.batch_stats),
-      opt_state=jax.tree.map(pick, new.opt_state, old.opt_state),
-      per_sample=jax.tree.map(per_sample_leaf, new.per_sample, old.per_sample),
-      skipped_batches=old.skipped_batches + bad.astype(jnp.int32))
-
-
-def _guard_nonfinite(step_fn, policy: str, num_samples_padded: int):
-  """Wrap ``step_fn`` with the non-finite ``policy`` (see the module docstring)."""
-  if policy not in NONFINITE_POLICIES:
-    raise ValueError(f"nonfinite={policy!r} is unknown; choose one of "
-                     f"{', '.join(NONFINITE_POLICIES)}.")
-  if policy == "off":
-    return step_fn
-
-  def guarded(state: TrainState, batch: dict):
-    new_state, metrics = step_fn(state, batch)
-    flags = nonfinite_flags(new_state, metrics, batch, num_samples_padded)
-    if policy == "skip":
-      bad = jnp.any(jnp.stack(list(flags.values())))
-      new_state = _keep_old_state(bad, state, new_state, batch, num_samples_padded)
-      metrics["skipped_batches"] = new_state.skipped_batches.astype(jnp.float32)
-    metrics.update({NONFINITE_PREFIX + k: v.astype(jnp.float32) for k, v in flags.items()})
-    return new_state, metrics
-
-  return guarded
+  return lambda x: sharding.constrain_similarity_rows(x, mesh)
 
 
 def _compile(step_fn, num_samples: int, objective_config, mesh: Mesh, global_batch: int,
              nonfinite: str = "off"):
-  mesh_lib.check_global_batch(global_batch, mesh)
-  step_fn = _guard_nonfinite(step_fn, nonfinite, mesh_lib.padded_size(num_samples, mesh))
-  per_sample = state_lib.per_sample_state_shardings(num_samples, objective_config, mesh)
+  sharding.check_global_batch(global_batch, mesh)
+  step_fn = nonfinite_lib.guard(step_fn, nonfinite, sharding.padded_size(num_samples, mesh))
+  per_sample = sharding.per_sample_state_shardings(num_samples, objective_config, mesh)
   state_shardings = train_state_shardings(per_sample, mesh)
   return jax.jit(step_fn,
-                 in_shardings=(state_shardings, mesh_lib.batch_sharding(mesh)),
-                 out_shardings=(state_shardings, mesh_lib.replicated(mesh)),
+                 in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+                 out_shardings=(state_shardings, sharding.replicated(mesh)),
                  donate_argnums=0)
 
 
@@ -238,7 +143,7 @@ def make_unimodal_train_step(model: nn.Module, tx: optax.GradientTransformation,
     objective_config: :class:`~glofnd_jax.objectives.UnimodalConfig` (static).
     num_samples: dataset size N (per-sample arrays have N_pad rows; epoch = step * B // N).
     global_batch: B, a multiple of the ``data`` axis size.
-    mesh: from :func:`glofnd_jax.mesh.make_mesh`.
+    mesh: from :func:`glofnd_jax.sharding.make_mesh`.
     augment: optional ``augment(key, images) -> (view1, view2)`` run on device.
     samples_per_epoch: samples per epoch for ``epoch = step * B // samples_per_epoch``
       (default N); a loader that drops each epoch's remainder passes ``(N // B) * B`` so the
@@ -270,7 +175,7 @@ def make_unimodal_train_step(model: nn.Module, tx: optax.GradientTransformation,
       h1, stats = _encode(model, params, state.batch_stats, key_1, view1)
       h2, stats = _encode(model, params, stats, key_2, view2)
       # Pin the features to the batch sharding: anchors stay on the device that embedded them.
-      h1, h2 = mesh_lib.constrain_batch(h1, mesh), mesh_lib.constrain_batch(h2, mesh)
+      h1, h2 = sharding.constrain_batch(h1, mesh), sharding.constrain_batch(h2, mesh)
       loss, aux = objectives.unimodal_objective(h1, h2, batch["index"], state.per_sample,
                                                 epoch, objective_config, labels, rows)
       return loss, (aux, stats)
@@ -313,7 +218,7 @@ def make_bimodal_train_step(model: nn.Module, tx: optax.GradientTransformation,
     def loss_fn(params):
       (img, txt, logit_scale), stats = _encode(model, params, state.batch_stats, model_key,
                                                image, batch["text"])
-      img, txt = mesh_lib.constrain_batch(img, mesh), mesh_lib.constrain_batch(txt, mesh)
+      img, txt = sharding.constrain_batch(img, mesh), sharding.constrain_batch(txt, mesh)
       loss, aux = objectives.bimodal_objective(img, txt, batch["index_img"], batch["index_txt"],
                                                state.per_sample, epoch, logit_scale,
                                                objective_config, batch.get("label"), rows)
@@ -329,7 +234,7 @@ def _train_state_initializer(model: nn.Module, tx: optax.GradientTransformation,
   """``init(key) -> TrainState`` and the matching sharding tree."""
   inputs = sample_input if isinstance(sample_input, (tuple, list)) else (sample_input,)
   shapes = [jax.ShapeDtypeStruct(np.shape(x), x.dtype) for x in inputs]
-  padded = mesh_lib.padded_size(num_samples, mesh)
+  padded = sharding.padded_size(num_samples, mesh)
 
   def init(key):
     init_key, state_key = jax.random.split(key)
@@ -338,10 +243,10 @@ def _train_state_initializer(model: nn.Module, tx: optax.GradientTransformation,
     params = variables["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
-                      per_sample=state_lib.init_per_sample_state(padded, objective_config),
+                      per_sample=sharding.init_per_sample_state(padded, objective_config),
                       rng=state_key, skipped_batches=jnp.zeros((), jnp.int32))
 
-  per_sample = state_lib.per_sample_state_shardings(num_samples, objective_config, mesh)
+  per_sample = sharding.per_sample_state_shardings(num_samples, objective_config, mesh)
   return init, train_state_shardings(per_sample, mesh)
 
 

@@ -1,6 +1,12 @@
-"""The CLIP optimiser: AdamW for the network, a separate temperature group, FastCLIP's schedules.
+"""Network optimisers and learning-rate schedules (the thresholds have their own, see thresholds).
 
-Parameter groups (``optax.multi_transform``), as FastCLIP's training code builds them:
+SimCLR/SogCLR recipe: LARS with the base learning rate scaled by the global batch (``linear``:
+lr * B / 256; ``sqrt``: lr * sqrt(B), as SogCLR's ImageNet-100 recipe), linear warmup then cosine
+decay to 0, weight decay and trust-ratio adaptation masked off biases and BatchNorm parameters.
+AdamW and SGD (momentum) are options for other settings.
+
+CLIP (image-text) recipe, as FastCLIP's training code builds its parameter groups
+(``optax.multi_transform``):
 
 * the network: AdamW with the learning rate of :func:`warmup_cosine` (linear warmup over a
   number of *steps*, then cosine to 0), weight decay on kernels and embeddings (``ndim >= 2``)
@@ -16,11 +22,60 @@ Parameter groups (``optax.multi_transform``), as FastCLIP's training code builds
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
+
+OPTIMIZERS = ("lars", "adamw", "sgd")
+LR_SCALINGS = ("none", "linear", "sqrt")
+
+
+def scaled_lr(base_lr: float, global_batch: int, scaling: str) -> float:
+  """Peak learning rate from the base rate and the global batch size."""
+  if scaling not in LR_SCALINGS:
+    raise ValueError(f"optim.lr_scaling={scaling!r} is unknown; choose one of "
+                     f"{', '.join(LR_SCALINGS)}.")
+  if not base_lr > 0:
+    raise ValueError(f"optim.lr={base_lr!r} must be positive.")
+  if scaling == "linear":
+    return base_lr * global_batch / 256.0
+  if scaling == "sqrt":
+    return base_lr * math.sqrt(global_batch)
+  return base_lr
+
+
+def decay_mask(params):
+  """True for weights that get weight decay / trust ratio: kernels and embeddings (ndim >= 2),
+  not biases, norm scales or the class token (both recipes)."""
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def make_schedule(peak_lr: float, warmup_steps: int, total_steps: int) -> optax.Schedule:
+  """Linear warmup from 0 to ``peak_lr`` over ``warmup_steps``, then cosine to 0 at the end."""
+  warmup_steps = max(0, min(int(warmup_steps), int(total_steps) - 1))
+  return optax.warmup_cosine_decay_schedule(0.0, peak_lr, warmup_steps, max(int(total_steps), 1))
+
+
+def make_optimizer(name: str, schedule: optax.Schedule, *, weight_decay: float = 0.0,
+                   momentum: float = 0.9, b1: float = 0.9, b2: float = 0.999,
+                   trust_coefficient: float = 1e-3) -> optax.GradientTransformation:
+  """The network optimiser ``name`` (``lars``, ``adamw``, ``sgd``) with masked weight decay."""
+  if weight_decay < 0:
+    raise ValueError(f"optim.weight_decay={weight_decay!r} must be >= 0.")
+  if name == "lars":
+    return optax.lars(schedule, weight_decay=weight_decay, weight_decay_mask=decay_mask,
+                      trust_ratio_mask=decay_mask, momentum=momentum,
+                      trust_coefficient=trust_coefficient)
+  if name == "adamw":
+    return optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay, mask=decay_mask)
+  if name == "sgd":
+    return optax.chain(optax.add_decayed_weights(weight_decay, mask=decay_mask),
+                       optax.sgd(schedule, momentum=momentum))
+  raise ValueError(f"optim.name={name!r} is unknown; choose one of {', '.join(OPTIMIZERS)}.")
+
+
+# ----------------------------------------------------------------------------- CLIP
 
 TEMPERATURE_SCHEDULES = ("step_thresh", "const", "cosine")
 LOGIT_SCALE = "logit_scale"
@@ -43,10 +98,6 @@ def warmup_cosine(base_lr: float, warmup_steps: int, total_steps: int) -> optax.
   return schedule
 
 
-class _Empty(NamedTuple):
-  pass
-
-
 def scale_by_temperature_lr(lr_tau: float, *, thresholds: tuple[float, ...] = (0.03,),
                             ratios: tuple[float, ...] = (1.0 / 3.0,)
                             ) -> optax.GradientTransformation:
@@ -61,7 +112,7 @@ def scale_by_temperature_lr(lr_tau: float, *, thresholds: tuple[float, ...] = (0
 
   def init(params):
     del params
-    return _Empty()
+    return optax.EmptyState()
 
   def update(updates, state, params=None):
     if params is None:
@@ -86,7 +137,7 @@ def clamp_logit_scale(max_scale: float = 100.0) -> optax.GradientTransformation:
 
   def init(params):
     del params
-    return _Empty()
+    return optax.EmptyState()
 
   def update(updates, state, params=None):
     if params is None:
@@ -103,11 +154,6 @@ def param_labels(params) -> dict:
     labels = dict(labels)
     labels[LOGIT_SCALE] = "temperature"
   return labels
-
-
-def decay_mask(params):
-  """Weight decay on kernels and embeddings (``ndim >= 2``): not on biases, norms, class token."""
-  return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
 def make_clip_optimizer(schedule: optax.Schedule, *, weight_decay: float, b1: float = 0.9,

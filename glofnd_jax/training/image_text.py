@@ -1,7 +1,7 @@
 """The image-text task (FastCLIP v1/v3 + GloFND, ``config.task = "clip"``): what a run builds.
 
-:class:`ClipRun` provides the interface of :class:`glofnd_jax.run_unimodal.UnimodalRun`, which is
-all the train loop (:mod:`glofnd_jax.train`) uses. Data sizes follow the index contract
+:class:`ClipRun` is a :class:`glofnd_jax.training.task.Task`, the interface that
+all the train loop (:mod:`glofnd_jax.training.loop`) uses. Data sizes follow the index contract
 (:mod:`glofnd_jax.data.webdataset`): ``num_samples`` is ``data_size = max key + 1`` (the length
 of every per-sample array: image and text lambda, their moments, ``u``), while an epoch is
 ``num_records // batch`` steps over the samples actually present.
@@ -13,65 +13,56 @@ import functools
 import pathlib
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from glofnd_jax import augment as augment_lib
-from glofnd_jax import checkpoint as checkpoint_lib
-from glofnd_jax import config_clip, config_lib, distributed, evaluation_clip, optim_clip
-from glofnd_jax import per_sample
-from glofnd_jax import mesh as mesh_lib
-from glofnd_jax import state as state_lib
-from glofnd_jax import tokenizer as tokenizer_lib
-from glofnd_jax import train_step as train_step_lib
-from glofnd_jax.data import pairs, pipeline
+from glofnd_jax import distributed, per_sample, sharding
+from glofnd_jax.config import image_text as image_text_config
+from glofnd_jax.config import unimodal as unimodal_config
+from glofnd_jax.data import pairs
+from glofnd_jax.data import tokenizer as tokenizer_lib
+from glofnd_jax.evaluation import image_text as image_text_eval
+from glofnd_jax.training import optim
+from glofnd_jax.training import step as train_step_lib
+from glofnd_jax.training import task as task_lib
 
 # Image-anchor detector metrics under the names the unimodal plots read.
 _PLOT_ALIASES = ("kept_fraction", "flagged_fraction", "fn_precision", "fn_recall", "lambda_mean")
 
 
-class ClipRun:
+class ClipRun(task_lib.Task):
   """Everything an image-text run builds from its config: data, tokenizer, model, step, state.
 
-  Attributes (beyond the train-loop interface): ``tokenizer``, ``source`` (the screened
-  training pairs), ``num_records`` (pairs present), ``screen_report`` (bad-sample counts).
+  Attributes (beyond the :class:`~glofnd_jax.training.task.Task` interface): ``tokenizer``,
+  ``source`` (the screened training pairs), ``num_records`` (pairs present), ``screen_report``
+  (bad-sample counts).
   """
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: pathlib.Path):
-    config_clip.validate(config)
-    self.config, self.workdir = config, pathlib.Path(workdir)
-    self.mesh = mesh_lib.make_mesh()
-    self.batch = config.batch_size
-    mesh_lib.check_global_batch(self.batch, self.mesh)
+    image_text_config.validate(config)
+    super().__init__(config, workdir)
     self.source, self.screen_report = self.open_split("train")
     self.num_records = len(self.source)
     self.num_samples = self.source.data_size
-    self.steps_per_epoch = pipeline.steps_per_epoch(self.num_records, self.batch)
-    if self.steps_per_epoch == 0:
-      raise ValueError(f"config.batch_size={self.batch} is larger than the training set "
-                       f"({self.num_records} pairs): lower it.")
-    self.total_steps = config.epochs * self.steps_per_epoch
+    self.set_epochs(self.num_records, "training set ({n} pairs)")
     names = config.eval.zeroshot_class_names
     if names and self.source.has_labels and self.source.labels.max() >= len(names):
       raise ValueError(
           f"config.eval.zeroshot_class_names has {len(names)} names but the training labels go "
           f"up to {int(self.source.labels.max())}: give one name per class, in label order.")
     self.tokenizer = self._tokenizer()
-    self.model = config_clip.build_model(config, self.tokenizer.vocab_size)
+    self.model = image_text_config.build_model(config, self.tokenizer.vocab_size)
     o = config.optim
-    self.schedule = optim_clip.warmup_cosine(o.lr, o.warmup_steps, self.total_steps)
-    self.tx = optim_clip.make_clip_optimizer(
+    self.schedule = optim.warmup_cosine(o.lr, o.warmup_steps, self.total_steps)
+    self.tx = optim.make_clip_optimizer(
         self.schedule, weight_decay=o.weight_decay, b1=o.b1, b2=o.b2, eps=o.eps,
         learn_temperature=config.loss.version == "v3", lr_tau=o.lr_tau,
         temperature_schedule=o.temperature_schedule, warmup_steps=o.warmup_steps,
         total_steps=self.total_steps)
-    self.objective = config_clip.bimodal_objective_config(config)
-    self.augment = config_lib.augment_config(config)
-    size, channels = config.data.image_size, config.data.channels
-    raw = jax.ShapeDtypeStruct((1, size, size, channels), jnp.uint8)
-    view = jax.eval_shape(lambda x: augment_lib.augment(jax.random.key(0), x, self.augment), raw)
-    self.sample_input = (np.zeros(view.shape, np.float32),
+    self.objective = image_text_config.bimodal_objective_config(config)
+    self.augment = unimodal_config.augment_config(config)
+    self.sample_input = (self.augmented_image_sample(),
                          np.zeros((1, config.tokenizer.context_length), np.int32))
 
   # ------------------------------------------------------------------------- data
@@ -147,11 +138,6 @@ class ClipRun:
 
   # ------------------------------------------------------------------------- model and state
 
-  def init_state(self):
-    return train_step_lib.create_train_state(
-        self.model, self.tx, self.sample_input, self.objective, self.num_samples, self.mesh,
-        jax.random.key(self.config.seed))
-
   def step_fn(self):
     augment = functools.partial(augment_lib.augment, config=self.augment)
     step = train_step_lib.make_bimodal_train_step(
@@ -174,47 +160,22 @@ class ClipRun:
     """``state`` with fresh image and text thresholds (lambda = lam_init, moments 0)."""
     if state.per_sample.thresholds_img is None:
       return state
-    fresh = state_lib.init_per_sample_state_sharded(self.num_samples, self.objective, self.mesh)
+    fresh = sharding.init_per_sample_state_sharded(self.num_samples, self.objective, self.mesh)
     per = state.per_sample.replace(thresholds_img=fresh.thresholds_img,
                                    thresholds_txt=fresh.thresholds_txt)
     return state.replace(per_sample=per)
 
-  def checkpointer(self):
-    reset = self.reset_thresholds if self.config.glofnd.reset_lambda_on_resume else None
-    return _Checkpointer(
-        self.workdir / "checkpoints", max_to_keep=self.config.keep_checkpoints,
-        fingerprint=checkpoint_lib.config_fingerprint(self.config, self.num_samples),
-        reset_on_resume=reset)
+  def on_restore(self, state, step: int):
+    """``glofnd.reset_lambda_on_resume``: fresh thresholds after a training resume (u kept)."""
+    if not self.config.glofnd.reset_lambda_on_resume:
+      return state
+    if jax.process_index() == 0:
+      print(f"glofnd.reset_lambda_on_resume: thresholds reset at step {step}")
+    return self.reset_thresholds(state)
 
-  def thresholds_for_snapshot(self, state):
-    """The image-anchor lambda (``None`` for modes without learned thresholds). Keys that are
-    holes keep ``lam_init``."""
-    thresholds = state.per_sample.thresholds_img
-    return None if thresholds is None else thresholds[0].lam
+  def learned_thresholds(self, state):
+    """The image-anchor thresholds (keys that are holes keep ``lam_init``)."""
+    return state.per_sample.thresholds_img
 
   def evaluate(self, state) -> dict:
-    return evaluation_clip.evaluate_clip_run(self, state)
-
-
-class _Checkpointer(checkpoint_lib.Checkpointer):
-  """A :class:`~glofnd_jax.checkpoint.Checkpointer` that can reset the thresholds on resume.
-
-  A training resume restores the data iterator too; ``glofnd-jax eval`` does not, and keeps the
-  learned thresholds.
-  """
-
-  def __init__(self, directory, *, max_to_keep: int, fingerprint: dict | None = None,
-               reset_on_resume=None):
-    # make_pair_iterator slices global batches per process, as data.make_iterator does: the
-    # saved position is the step, the same for any process count.
-    super().__init__(directory, max_to_keep=max_to_keep, fingerprint=fingerprint,
-                     position_is_global=True)
-    self._reset = reset_on_resume
-
-  def restore(self, state_target, data_iterator=None, step=None):
-    state, step = super().restore(state_target, data_iterator, step)
-    if data_iterator is not None and self._reset is not None:
-      state = self._reset(state)
-      if jax.process_index() == 0:
-        print(f"glofnd.reset_lambda_on_resume: thresholds reset at step {step}")
-    return state, step
+    return image_text_eval.evaluate_clip_run(self, state)

@@ -133,6 +133,7 @@ def train_tokenizer(captions: Iterable[str], out_path: str | os.PathLike, *,
 def captions_from_shards(shards, caption_field: str = "caption") -> Iterable[str]:
   """Every caption (``.txt`` member, else the json's ``caption_field``) of webdataset shards."""
   import json  # pylint: disable=g-import-not-at-top
+
   from glofnd_jax.data import webdataset  # pylint: disable=g-import-not-at-top
 
   for path in webdataset.expand_shards(shards):

@@ -16,7 +16,7 @@ With the frozen model on un-augmented images (:func:`glofnd_jax.augment.eval_vie
   anchors) over pairs ``i != j``, judged by ``label_i == label_j``; and the in-training detector's
   precision/recall over the last epoch (from ``metrics.jsonl``).
 
-Writes ``results.json`` (:func:`glofnd_jax.evaluate.report.write_results`) and prints a table.
+Writes ``results.json`` (:func:`glofnd_jax.evaluation.report.write_results`) and prints a table.
 The keys are listed in ``docs/BIMODAL.md``.
 """
 
@@ -30,11 +30,11 @@ import numpy as np
 
 from glofnd_jax import augment as augment_lib
 from glofnd_jax import data as data_lib
-from glofnd_jax import evaluate as ev
+from glofnd_jax import evaluation as ev
 from glofnd_jax import similarity
 from glofnd_jax.data import pairs
-from glofnd_jax.metrics_writer import read_metrics
 from glofnd_jax.models.clip import CLIP
+from glofnd_jax.training.metrics import read_metrics
 
 # ----------------------------------------------------------------------------- features
 
@@ -203,7 +203,7 @@ def cross_modal_false_negatives(anchors: np.ndarray, candidates: np.ndarray, lab
     lam: ``(M,)`` each anchor's threshold.
 
   Returns:
-    The keys of :func:`glofnd_jax.evaluate.false_negative_precision_recall`.
+    The keys of :func:`glofnd_jax.evaluation.false_negative_precision_recall`.
   """
   anchors, candidates = _normalize(anchors), _normalize(candidates)
   labels = np.asarray(labels)
@@ -275,7 +275,8 @@ def _zero_shot_images(run, state, test_features, test_source):
 
 
 def evaluate_clip_run(run, state) -> dict:
-  """Evaluate ``state`` of a :class:`glofnd_jax.run_clip.ClipRun`; write and print results."""
+  """Evaluate ``state`` of an image-text task (:class:`~glofnd_jax.training.image_text.ClipRun`);
+  write and print results."""
   c = run.config
   results: dict = {}
   test_source, _ = run.open_split("test")

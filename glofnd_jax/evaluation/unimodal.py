@@ -11,15 +11,14 @@ during the last training epoch (any mode). Nothing is selected on the test split
 
 from __future__ import annotations
 
-import numpy as np
-
 import jax
+import numpy as np
 
 from glofnd_jax import augment as augment_lib
 from glofnd_jax import data
-from glofnd_jax import evaluate as ev
-from glofnd_jax.metrics_writer import read_metrics
+from glofnd_jax import evaluation as ev
 from glofnd_jax.models.encoder import Encoder
+from glofnd_jax.training.metrics import read_metrics
 
 
 def _features(run, state, source):
@@ -71,7 +70,8 @@ def _last_epoch_detector(run) -> dict:
 
 
 def evaluate_run(run, state) -> dict:
-  """Evaluate ``state`` of ``run`` (a :class:`glofnd_jax.train.Run`); write and print results."""
+  """Evaluate ``state`` of ``run`` (a :class:`~glofnd_jax.training.unimodal.UnimodalRun`); write and
+  print results."""
   c = run.config
   train_h, train_z, train_y = _features(run, state, run.source)
   test_h, _, test_y = _features(run, state, run.open_split(c.data.test_split))
@@ -106,7 +106,8 @@ def evaluate_run(run, state) -> dict:
       exact = ev.dataset_quantile(train_z, c.glofnd.alpha)
       lam_error = ev.lambda_error(lam, exact)
   results = ev.build_results(
-      knn=knn, linear_probe=probe, transfer=transfer or None, false_negatives=false_negatives, lambda_error=lam_error,
+      knn=knn, linear_probe=probe, transfer=transfer or None, false_negatives=false_negatives,
+      lambda_error=lam_error,
       meta={"config": c.to_dict(), "num_train": int(len(train_y)),
             "num_test": int(len(test_y)), "train_detector_last_epoch": _last_epoch_detector(run)})
   if jax.process_index() == 0:

@@ -11,7 +11,7 @@ Similarities are computed chunk by chunk over anchors (``O(chunk_size x N)`` mem
 with HIGHEST matmul precision, since a comparison with lambda is a discontinuity.
 
 Which features: the representation whose similarities lambda was learned on (the L2-normalised
-projection-head output), of un-augmented samples; see :mod:`glofnd_jax.evaluate.quantile`.
+projection-head output), of un-augmented samples; see :mod:`glofnd_jax.evaluation.quantile`.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ Protocol (semi-supervised linear evaluation, as SimCLR's 1%/10% label tables):
 Validation labels are used at every fraction (the usual practice for these tables); at 1% with
 one example per class nothing smaller could be held out.
 
-Features come from :func:`glofnd_jax.evaluate.features.extract_features`; this module only sees
+Features come from :func:`glofnd_jax.evaluation.features.extract_features`; this module only sees
 arrays and has no access to any network.
 """
 

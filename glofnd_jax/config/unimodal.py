@@ -1,0 +1,120 @@
+"""The unimodal (image SSL) config schema, ``task = "unimodal"``, and its translation.
+
+Every recipe in ``configs/`` of this task starts from :func:`base_config` and overrides what its
+recipe needs; every key is listed here with its meaning. Command-line overrides use the same names
+(``--config.glofnd.mode=fnd``). Shared sections and checks: :mod:`glofnd_jax.config.common`.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from glofnd_jax import augment as augment_lib
+from glofnd_jax import objectives
+from glofnd_jax.config.common import glofnd_section, threshold_config, validate
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.task = "unimodal"           # unimodal (SogCLR/SimCLR on images)
+  c.seed = 0
+  c.batch_size = 128           # global batch, over all devices and processes
+  c.epochs = 100
+  c.log_every_steps = 20
+  c.checkpoint_every_steps = 500
+  c.keep_checkpoints = 3
+  c.nonfinite = "stop"         # stop (keep the last good checkpoint) | skip (skip the batch) | off
+  c.lambda_snapshot_every_epochs = 10
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "digits"       # digits | synthetic | arrayrecord | imagenet100 | tfds:<name>
+  c.data.data_dir = ""         # our ArrayRecord dir or the TFDS data_dir ("" = default)
+  c.data.train_split = "train"
+  c.data.val_split = "val"     # "" = hold out eval.val_fraction of train for probe selection
+  c.data.test_split = "test"
+  c.data.image_size = 8        # images are resized to this in the input pipeline
+  c.data.channels = 1
+  c.data.read_threads = 1
+  c.data.synthetic_num_samples = 256  # only for name="synthetic" (test stand-in data)
+
+  c.augment = ml_collections.ConfigDict()
+  c.augment.kind = "digits"    # digits | simclr (fields below override the recipe's defaults)
+  c.augment.crop_size = 0      # simclr: output size (0 = input size)
+  c.augment.crop_scale = (0.08, 1.0)
+  c.augment.flip_prob = 0.5
+  c.augment.jitter_prob = 0.8
+  c.augment.jitter_strength = 1.0  # scales brightness/contrast/saturation 0.4 and hue 0.1
+  c.augment.grayscale_prob = 0.2
+  c.augment.blur_prob = 0.5
+  c.augment.mean = (0.485, 0.456, 0.406)
+  c.augment.std = (0.229, 0.224, 0.225)
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "small_cnn"   # small_cnn | resnet18 | resnet50
+  c.model.stem = "cifar"       # resnets: cifar | imagenet
+  c.model.num_filters = 64     # resnets: width of the first stage (smaller for tests)
+  c.model.proj_dim = 128
+  c.model.proj_hidden_dim = 0  # 0 = the backbone's feature width
+  c.model.proj_layers = 2
+  c.model.dtype = "float32"    # or bfloat16 (loss-side numerics stay float32)
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.name = "sogclr"       # sogclr | simclr
+  c.loss.temperature = 0.1
+  c.loss.gamma = 0.9
+
+  c.glofnd = glofnd_section()
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = "lars"        # lars | adamw | sgd
+  c.optim.lr = 0.075
+  c.optim.lr_scaling = "sqrt"  # none | linear (lr*B/256) | sqrt (lr*sqrt(B))
+  c.optim.warmup_epochs = 10
+  c.optim.weight_decay = 1e-6
+  c.optim.momentum = 0.9
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.knn_k = 200
+  c.eval.knn_temperature = 0.1
+  c.eval.probe_fractions = (1.0, 0.1, 0.01)
+  c.eval.val_fraction = 0.1
+  c.eval.quantile = True       # exact dataset-wide quantile and lambda error (datasets that fit)
+  c.eval.max_quantile_samples = 50_000
+  c.eval.batch_size = 256
+  # Transfer: logistic regression on other datasets' frozen features, as "name:train:test"
+  # (read like data.name, from data.data_dir, with the same image size), e.g.
+  # ("tfds:cifar100:train:test",). Model selection on a held-out part of their train split.
+  c.eval.transfer = ()
+  return c
+
+
+def unimodal_objective_config(config) -> objectives.UnimodalConfig:
+  validate(config)
+  return objectives.UnimodalConfig(
+      loss=config.loss.name, mode=config.glofnd.mode, thresholds=threshold_config(config),
+      alphas=tuple(float(a) for a in config.glofnd.alphas),
+      temperature=config.loss.temperature, gamma=config.loss.gamma,
+      quantile_metric=bool(config.glofnd.quantile_metric))
+
+
+def augment_config(config):
+  a = config.augment
+  if a.kind == "digits":
+    return augment_lib.DigitsAugmentConfig()
+  if a.kind == "simclr":
+    s = a.jitter_strength
+    return augment_lib.SimCLRAugmentConfig(
+        crop_size=a.crop_size or None, crop_scale=tuple(a.crop_scale), flip_prob=a.flip_prob,
+        jitter_prob=a.jitter_prob, brightness=0.4 * s, contrast=0.4 * s, saturation=0.4 * s,
+        hue=0.1 * s, grayscale_prob=a.grayscale_prob, blur_prob=a.blur_prob,
+        mean=tuple(a.mean), std=tuple(a.std))
+  raise ValueError(f"config.augment.kind={a.kind!r} is unknown: use 'digits' or 'simclr'.")
+
+
+def model_kwargs(config) -> dict:
+  m = config.model
+  kwargs = dict(proj_dim=m.proj_dim, proj_hidden_dim=m.proj_hidden_dim or None,
+                proj_layers=m.proj_layers, dtype=m.dtype)
+  if m.name.startswith("resnet"):
+    kwargs.update(stem=m.stem, num_filters=m.num_filters)
+  return kwargs

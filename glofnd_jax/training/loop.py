@@ -1,0 +1,238 @@
+"""The training loop of every task: data -> jitted step -> logs, checkpoints, plots -> evaluation.
+
+:func:`train_and_evaluate` is what ``glofnd-jax train`` runs. Everything per step happens in the
+pure jitted step of :mod:`glofnd_jax.training.step`; this loop feeds batches, logs every
+``log_every_steps`` (``metrics.jsonl``, TensorBoard, a tqdm bar with images/s), snapshots the
+lambda distribution, saves orbax checkpoints (train state + data-iterator position) and resumes
+from the latest complete one, then draws the plots and evaluates. What is trained comes from the
+task's run class (``config.task``: :class:`glofnd_jax.training.unimodal.UnimodalRun`).
+
+Operating at scale (``docs/RUNNING_AT_SCALE.md``): on SIGTERM or a TPU preemption notice the
+loop saves at the next step boundary and returns (exit status 0); a non-finite loss, gradient,
+parameter, lambda or ``u`` stops the run before anything non-finite is saved
+(``config.nonfinite="stop"``), or the step skips that batch (``"skip"``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from glofnd_jax import distributed
+from glofnd_jax.training import nonfinite as nonfinite_lib
+from glofnd_jax.training import plots, preemption
+from glofnd_jax.training import task as task_lib
+from glofnd_jax.training.metrics import MetricWriter
+
+CONFIG_FILE = "config.json"
+# Written when training stops: {"status": "finished" | "preempted" | "stopped", "step": ...,
+# "total_steps": ...}; job scripts read it to decide whether to requeue (launch/slurm.sbatch).
+STATUS_FILE = "status.json"
+def save_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+  if jax.process_index() == 0:
+    (workdir / CONFIG_FILE).write_text(config.to_json_best_effort(indent=1) + "\n")
+
+
+def write_status(workdir: pathlib.Path, status: str, step: int, total_steps: int) -> None:
+  """Write ``STATUS_FILE`` atomically (process 0): a job script never reads half a file."""
+  if jax.process_index() == 0:
+    path = workdir / STATUS_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"status": status, "step": int(step),
+                               "total_steps": int(total_steps)}) + "\n")
+    os.replace(tmp, path)
+
+
+def load_config(workdir) -> ml_collections.ConfigDict:
+  path = pathlib.Path(workdir) / CONFIG_FILE
+  if not path.exists():
+    raise FileNotFoundError(f"{path} does not exist: is {workdir} the work directory of a "
+                            "`glofnd-jax train` run?")
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def host_array(x) -> np.ndarray:
+  """A (possibly multi-process sharded) array as one numpy array on every host."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
+def open_workdir(workdir) -> pathlib.Path:
+  """The run directory as a local path (created); URLs are refused with the fix."""
+  if "://" in str(workdir):
+    raise ValueError(
+        f"--workdir={str(workdir)!r} is a URL, but the run directory is written with file system "
+        "calls (a local gs:/... directory would be created instead). Mount the bucket on every "
+        "host (e.g. gcsfuse) or use a shared filesystem, and pass that path; see "
+        "docs/RUNNING_AT_SCALE.md. (config.data.data_dir may be a gs:// URL.)")
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  return workdir
+
+
+def restore_or_init(run, checkpointer, iterator):
+  """``(state, first_step)``: the latest complete checkpoint (and data position), else fresh."""
+  state = run.init_state()
+  if checkpointer.latest_step() is None:
+    return state, 0
+  state, first_step = checkpointer.restore(state, iterator)
+  print(f"resumed from step {first_step} in {checkpointer.directory}")
+  return state, first_step
+
+
+def describe(run) -> str:
+  """The header line: what is trained, on what, for how long, where."""
+  c = run.config
+  return (f"training {c.model.name} ({c.get('task', 'unimodal')}, detection {c.glofnd.mode}) on "
+          f"{c.data.name}: {run.num_samples} samples, batch {run.batch}, {c.epochs} epochs "
+          f"({run.total_steps} steps) on {run.mesh.devices.size} device(s)")
+
+
+class Outputs:
+  """What the loop writes while it trains: metric rows, the progress bar, lambda snapshots.
+
+  Also owns the non-finite monitor, which must be checked before each log and each save.
+  """
+
+  def __init__(self, run, first_step: int, last_step: int):
+    self.run = run
+    self.writer = MetricWriter(run.workdir)
+    self.monitor = nonfinite_lib.Monitor(run.config.get("nonfinite", "stop"))
+    self.bar = tqdm(total=last_step, initial=first_step, unit="step", dynamic_ncols=True,
+                    disable=jax.process_index() != 0, mininterval=2.0)
+    self._tick, self._tick_step = time.perf_counter(), first_step
+
+  def log(self, done: int, metrics: dict) -> None:
+    now = time.perf_counter()
+    images_per_sec = (done - self._tick_step) * self.run.batch / max(now - self._tick, 1e-9)
+    self._tick, self._tick_step = now, done
+    values = self.writer.write(done, {**metrics, "lr": self.run.schedule(done - 1),
+                                      "images_per_sec": images_per_sec})
+    if self.monitor.policy == "stop" and not self.monitor.seen_flags:
+      nonfinite_lib.check_logged_means(values, done)
+    self.bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{images_per_sec:.0f}")
+
+  def snapshot(self, done: int, state) -> None:
+    """At epoch ends (every ``lambda_snapshot_every_epochs`` and the last): lambda histogram."""
+    run = self.run
+    thresholds = run.thresholds_for_snapshot(state)
+    if thresholds is None or done % run.steps_per_epoch:
+      return
+    epoch = done // run.steps_per_epoch
+    if epoch % run.config.lambda_snapshot_every_epochs == 0 or done == run.total_steps:
+      lam = host_array(thresholds)[:run.num_samples]
+      self.writer.histogram(done, "lambda", lam)
+      if jax.process_index() == 0:
+        plots.save_lambda_snapshot(run.workdir, epoch, lam)
+
+  def close(self) -> None:
+    self.bar.close()
+    self.writer.close()
+
+
+def run_steps(run, state, iterator, checkpointer, guard, first_step: int, last_step: int):
+  """Steps ``first_step + 1 .. last_step`` with logs, snapshots and periodic saves.
+
+  Returns ``(state, last, preempted)``: ``last`` is the step reached (earlier on preemption,
+  where a checkpoint of that step is saved before returning).
+  """
+  c, step_fn = run.config, run.step_fn()
+  outputs = Outputs(run, first_step, last_step)
+  try:
+    for done in range(first_step + 1, last_step + 1):
+      state, metrics = step_fn(state, run.global_batch(next(iterator)))
+      outputs.monitor.add(done, metrics)
+      # Asked at every step but the last (which saves anyway): the processes' agreement on
+      # the stopping step needs every step's number.
+      preempted = done < last_step and guard.should_stop(done)
+      save = preempted or (done % c.checkpoint_every_steps == 0 and done != last_step)
+      logging = done % c.log_every_steps == 0 or done == last_step
+      if logging or save:
+        outputs.monitor.check(checkpointer)
+      if logging:
+        outputs.log(done, metrics)
+      outputs.snapshot(done, state)
+      if save:
+        checkpointer.save(done, state, iterator, force=True)
+      outputs.bar.update(1)
+      if preempted:
+        return state, done, True
+    if last_step > first_step:
+      checkpointer.save(last_step, state, iterator, force=True)
+    return state, last_step, False
+  finally:
+    outputs.close()
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, evaluate: bool = True,
+                       stop_after_steps: int | None = None) -> dict:
+  """Train ``config`` in ``workdir`` (resuming from its latest checkpoint) and evaluate.
+
+  Args:
+    config: a config from ``configs/`` (see :mod:`glofnd_jax.config`).
+    workdir: the run's directory: config, checkpoints, metrics, plots, results.
+    evaluate: run the evaluation at the end (kNN, linear probe, FN precision/recall, lambda).
+    stop_after_steps: stop (with a checkpoint) after this many steps in this call, for tests.
+
+  Returns:
+    The results dict (also in ``workdir/results.json``); ``{}`` when stopped early or not
+    evaluated.
+  """
+  distributed.initialize()
+  workdir = open_workdir(workdir)
+  run = task_lib.build_run(config, workdir)
+  save_config(config, workdir)
+  iterator, checkpointer = run.iterator(), run.checkpointer()
+  state, first = restore_or_init(run, checkpointer, iterator)
+  last = min(run.total_steps, first + stop_after_steps) if stop_after_steps else run.total_steps
+  print(describe(run))
+  # Listening until the last save is complete; a SIGTERM during evaluation then ends the process.
+  guard = preemption.PreemptionGuard().install()
+  try:
+    state, last, preempted = run_steps(run, state, iterator, checkpointer, guard, first, last)
+  finally:
+    checkpointer.close()  # waits for the last save: the checkpoint is complete on return
+    guard.uninstall()
+  return finish(run, state, last, preempted, guard.reason, evaluate)
+
+
+def finish(run, state, last: int, preempted: bool, reason, evaluate: bool) -> dict:
+  """Status file, plots, then the evaluation (single process, finished runs only)."""
+  status = "preempted" if preempted else "finished" if last == run.total_steps else "stopped"
+  write_status(run.workdir, status, last, run.total_steps)
+  if preempted:
+    print(f"stopped at step {last} on {reason}: checkpoint saved in {run.workdir / 'checkpoints'}"
+          "; run the same command again to resume.", flush=True)
+    return {}
+  if jax.process_index() == 0:
+    plots.plot_run(run.workdir)
+  if not evaluate or last < run.total_steps:
+    return {}
+  if jax.process_count() > 1:
+    print("evaluation runs in one process: run `glofnd-jax eval --workdir "
+          f"{run.workdir}` on one host.", flush=True)
+    return {}
+  return run.evaluate(state)
+
+
+def evaluate_workdir(workdir) -> dict:
+  """``glofnd-jax eval``: rebuild the run from its saved config, restore, and evaluate."""
+  distributed.initialize()
+  workdir = pathlib.Path(workdir)
+  run = task_lib.build_run(load_config(workdir), workdir)
+  checkpointer = run.checkpointer()
+  try:
+    state, step = checkpointer.restore(run.init_state())
+  finally:
+    checkpointer.close()
+  print(f"evaluating step {step} of {workdir}")
+  return run.evaluate(state)
