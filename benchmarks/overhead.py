@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import pathlib
 import sys
@@ -46,6 +45,7 @@ import step_timing
 
 from glofnd_jax import models, sharding
 from glofnd_jax.config import unimodal as unimodal_config
+from glofnd_jax.config.common import load_config_file
 from glofnd_jax.training import optim
 
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
@@ -58,10 +58,7 @@ TARGET = 1.02  # <= 2 % overhead
 
 
 def load_config(name: str):
-  spec = importlib.util.spec_from_file_location(pathlib.Path(name).stem, CONFIGS / name)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return load_config_file(CONFIGS / name)
 
 
 def run_case(name: str, modes, *, steps: int, repeats: int, batch: int | None = None) -> dict:

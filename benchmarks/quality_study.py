@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import io
 import itertools
 import math
@@ -44,6 +43,7 @@ import time
 import common
 import numpy as np
 
+from glofnd_jax.config.common import load_config_file
 from glofnd_jax.evaluation import read_results
 from glofnd_jax.training import loop
 
@@ -72,10 +72,7 @@ FAMILY = REPRESENTATION + ("fn_precision_batch", "fn_recall_batch")  # the tests
 
 
 def load_config():
-  spec = importlib.util.spec_from_file_location(CONFIG.stem, CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return load_config_file(CONFIG)
 
 
 def make_config(mode: str, seed: int, alpha: float, start: int, *, epochs: int | None,

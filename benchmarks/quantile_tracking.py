@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import pathlib
 import tempfile
 import time
@@ -53,6 +52,7 @@ from glofnd_jax import augment as augment_lib
 from glofnd_jax import data
 from glofnd_jax import similarity as sim
 from glofnd_jax import thresholds as thr
+from glofnd_jax.config.common import load_config_file
 from glofnd_jax.evaluation import dataset_quantile, lambda_error
 from glofnd_jax.evaluation import unimodal as unimodal_eval
 from glofnd_jax.training import task as task_lib
@@ -80,10 +80,7 @@ def epoch_batches(rng: np.random.Generator, num_samples: int, batch: int, epochs
 # ------------------------------------------------------------------------------------ digits
 
 def load_config():
-  spec = importlib.util.spec_from_file_location(CONFIG.stem, CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return load_config_file(CONFIG)
 
 
 def train_digits(workdir: pathlib.Path, epochs: int | None, start: int | None):

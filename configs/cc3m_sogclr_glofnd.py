@@ -8,22 +8,14 @@ learning rate), GloFND alpha 5e-4, thresholds learned and applied from epoch 15.
     --config.tokenizer.path=/data/cc3m/tokenizer.json
 """
 
-import importlib.util
 import pathlib
 
-
-def _fastclip_config():
-  path = pathlib.Path(__file__).with_name("cc3m_fastclip_glofnd.py")
-  spec = importlib.util.spec_from_file_location("cc3m_fastclip_glofnd", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from glofnd_jax.config.common import load_config_file
 
 
 def get_config():
-  c = _fastclip_config()
+  c = load_config_file(pathlib.Path(__file__).with_name("cc3m_fastclip_glofnd.py"))
   c.loss.version = "v1"
-  c.loss.temperature = 0.07
   c.glofnd.alpha = 5e-4
   c.glofnd.start_update_epoch = 15
   c.glofnd.start_mask_epoch = 15

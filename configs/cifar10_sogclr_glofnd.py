@@ -13,9 +13,7 @@ from glofnd_jax.config import unimodal as unimodal_config
 def get_config():
   c = unimodal_config.base_config()
   c.data.name = "tfds:cifar10"
-  c.data.train_split = "train"
   c.data.val_split = ""  # hold out eval.val_fraction of train for probe model selection
-  c.data.test_split = "test"
   c.data.image_size = 32
   c.data.channels = 3
   c.augment.kind = "simclr"
@@ -25,24 +23,11 @@ def get_config():
   c.augment.mean = (0.4914, 0.4822, 0.4465)
   c.augment.std = (0.2470, 0.2435, 0.2616)
   c.model.name = "resnet18"
-  c.model.stem = "cifar"
-  c.model.proj_dim = 128
   c.batch_size = 256
   c.epochs = 400
-  c.loss.name = "sogclr"
   c.loss.temperature = 0.2
-  c.loss.gamma = 0.9
-  c.glofnd.mode = "glofnd"
-  c.glofnd.alpha = 0.01
-  c.glofnd.lr = 0.05
   c.glofnd.start_update_epoch = 150
   c.glofnd.start_mask_epoch = 150
-  c.optim.name = "lars"
-  c.optim.lr = 0.075
-  c.optim.lr_scaling = "sqrt"
-  c.optim.warmup_epochs = 10
-  c.optim.weight_decay = 1e-6
   c.log_every_steps = 50
   c.checkpoint_every_steps = 2000
-  c.eval.knn_k = 200
   return c

@@ -23,7 +23,6 @@ def get_config():
   c.lambda_snapshot_every_epochs = 10
 
   c.data.name = "digits_captions"
-  c.data.test_split = "test"
   c.data.image_size = 8
   c.data.channels = 1
   c.data.read_threads = 1
@@ -36,27 +35,18 @@ def get_config():
   c.model.name = "small_cnn+text2"
   c.model.image_tower = "small_cnn"
   c.model.embed_dim = 64
-  c.model.cnn_widths = (32, 64, 128)
-  c.model.cnn_feature_dim = 256
   c.model.text_width = 64
   c.model.text_layers = 2
   c.model.text_heads = 4
 
-  c.loss.version = "v3"
-  c.loss.temperature = 0.07
-  c.loss.gamma_min = 0.2
   c.loss.gamma_decay_epochs = 10
 
-  c.glofnd.mode = "glofnd"
   c.glofnd.alpha = 0.05
-  c.glofnd.lr = 0.05
   c.glofnd.start_update_epoch = 10
   c.glofnd.start_mask_epoch = 10
 
   c.optim.lr = 2e-3
   c.optim.warmup_steps = 45
-  c.optim.weight_decay = 0.1
-  c.optim.lr_tau = 2e-4
 
   c.eval.batch_size = 180
   c.eval.zeroshot_class_names = captions.CLASS_NAMES

@@ -11,31 +11,16 @@ from glofnd_jax.config import unimodal as unimodal_config
 
 def get_config():
   c = unimodal_config.base_config()
-  c.data.name = "digits"
-  c.data.image_size = 8
-  c.data.channels = 1
-  c.augment.kind = "digits"
-  c.model.name = "small_cnn"
   c.model.proj_dim = 64
   c.model.proj_hidden_dim = 256
-  c.batch_size = 128
   c.epochs = 60
-  c.loss.name = "sogclr"
   c.loss.temperature = 0.2
-  c.loss.gamma = 0.9
-  c.glofnd.mode = "glofnd"
   c.glofnd.alpha = 0.05
-  c.glofnd.lr = 0.05
   c.glofnd.start_update_epoch = 20
   c.glofnd.start_mask_epoch = 20
-  c.optim.name = "lars"
-  c.optim.lr = 0.075
-  c.optim.lr_scaling = "sqrt"
   c.optim.warmup_epochs = 5
-  c.optim.weight_decay = 1e-6
   c.log_every_steps = 9
   c.checkpoint_every_steps = 270
-  c.lambda_snapshot_every_epochs = 10
   c.eval.knn_k = 20
   c.eval.probe_fractions = (1.0, 0.1, 0.02)
   return c

@@ -15,7 +15,6 @@ from glofnd_jax.config import unimodal as unimodal_config
 def get_config():
   c = unimodal_config.base_config()
   c.data.name = "imagenet100"
-  c.data.train_split = "train"
   c.data.val_split = ""  # hold out eval.val_fraction of train for probe model selection
   c.data.test_split = "validation"
   c.data.image_size = 256  # decoded and resized in the grain workers; crops are 224
@@ -25,27 +24,13 @@ def get_config():
   c.augment.crop_size = 224
   c.model.name = "resnet50"
   c.model.stem = "imagenet"
-  c.model.proj_dim = 128
   c.model.proj_hidden_dim = 2048
   c.model.dtype = "bfloat16"
-  c.batch_size = 128
   c.epochs = 200
-  c.loss.name = "sogclr"
-  c.loss.temperature = 0.1
-  c.loss.gamma = 0.9
-  c.glofnd.mode = "glofnd"
-  c.glofnd.alpha = 0.01
-  c.glofnd.lr = 0.05
   c.glofnd.start_update_epoch = 70
   c.glofnd.start_mask_epoch = 70
-  c.optim.name = "lars"
-  c.optim.lr = 0.075
-  c.optim.lr_scaling = "sqrt"
-  c.optim.warmup_epochs = 10
-  c.optim.weight_decay = 1e-6
   c.log_every_steps = 100
   c.checkpoint_every_steps = 2000
-  c.eval.knn_k = 200
   c.eval.probe_fractions = (1.0, 0.1, 0.01, 0.001)
   c.eval.batch_size = 512
   return c

@@ -36,7 +36,6 @@ def _closest_keys(argv) -> str:
   """For each ``--config.KEY=...`` the config file lacks: the closest key it has ("" if the
   config file cannot be read here)."""
   import difflib
-  import importlib.util
 
   import ml_collections
 
@@ -45,11 +44,9 @@ def _closest_keys(argv) -> str:
   if not paths:
     return ""
   path, _, arg = paths[0].partition(":")
+  from glofnd_jax.config.common import load_config_file
   try:
-    spec = importlib.util.spec_from_file_location("_config_for_hint", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(arg) if arg else module.get_config()
+    config = load_config_file(path, arg or None)
   except Exception:  # pylint: disable=broad-except  # only a hint: fall back to jax's message
     return ""
   hints = []

@@ -1,11 +1,11 @@
 """Shared by the CLIP training tests: tiny caption shards and a tiny version of any clip config."""
 
-import importlib.util
 import json
 import pathlib
 
 import numpy as np
 
+from glofnd_jax.config.common import load_config_file
 from glofnd_jax.data import synthetic, webdataset
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
@@ -17,14 +17,12 @@ NUM_TRAIN = 64
 
 def load_config(name: str):
   path = CONFIG_DIR / f"{name}.py"
-  spec = importlib.util.spec_from_file_location(path.stem, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return load_config_file(path)
 
 
 def _png(image: np.ndarray) -> bytes:
   import io  # pylint: disable=g-import-not-at-top
+
   from PIL import Image  # pylint: disable=g-import-not-at-top
   buffer = io.BytesIO()
   Image.fromarray(image[:, :, 0] if image.shape[-1] == 1 else image).save(buffer, format="PNG")

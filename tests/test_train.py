@@ -1,6 +1,5 @@
 """The training stack end to end: every config runs, resume is exact, eval CLI, config errors."""
 
-import importlib.util
 import json
 import pathlib
 
@@ -10,6 +9,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from glofnd_jax import cli
+from glofnd_jax.config.common import load_config_file
 from glofnd_jax.training import loop
 
 CONFIGS = sorted((pathlib.Path(__file__).resolve().parent.parent / "configs").glob("*.py"))
@@ -17,10 +17,7 @@ DIGITS = next(p for p in CONFIGS if p.stem == "digits_sogclr_glofnd")
 
 
 def load_config(path):
-  spec = importlib.util.spec_from_file_location(path.stem, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return load_config_file(path)
 
 
 # Image-text configs (task "clip") are run by tests/test_clip_train.py.

@@ -7,6 +7,7 @@ builds on these; validation messages name the config field and the fix.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import pathlib
 
 import ml_collections
@@ -131,3 +132,21 @@ def threshold_config(config) -> thresholds.ThresholdConfig:
       start_update=g.start_update_epoch, start_mask=g.start_mask_epoch)
 
 
+
+
+def load_config_file(path, arg: str | None = None) -> ml_collections.ConfigDict:
+  """``get_config()`` (or ``get_config(arg)``) of the config file at ``path``.
+
+  The one way the package, its tests and benchmarks read a recipe by path (the command line goes
+  through ``ml_collections.config_flags``, which does the same). Errors name the file and the fix.
+  """
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"config file {str(path)!r} does not exist: pass a file from configs/.")
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ValueError(f"config file {str(path)!r} defines no get_config(): a config file is a "
+                     "Python module whose get_config() returns an ml_collections.ConfigDict.")
+  return module.get_config(arg) if arg else module.get_config()

@@ -1,150 +1,18 @@
-"""Contrastive-learning augmentations as batched, jittable JAX ops with explicit PRNG keys.
+"""Batched, jittable image ops with explicit PRNG keys: the pieces every augmentation recipe uses.
 
-Two recipes, each a frozen (hashable) config dataclass, so a config can be a static argument of
-``jax.jit``:
-
-* :class:`SimCLRAugmentConfig`: the SimCLR / MoCo v2 / SogCLR set: random resized crop,
-  horizontal flip, colour jitter (brightness, contrast, saturation, hue; with probability, in a
-  random order per example), random grayscale, Gaussian blur, normalisation.
-* :class:`DigitsAugmentConfig`: for 8x8 grayscale digits: small random rotation, scale and shift
-  (a shift is a crop of a zero-padded image), a smooth random displacement field (elastic-ish),
-  intensity scaling, Gaussian noise, normalisation. No flip: a mirrored digit is another symbol.
-
-Images come in as ``(B, H, W, C)`` uint8 (``0..255``) or floats in ``[0, 1]``; views leave as
-float32 ``(B, h, w, C)``, normalised by the config's mean and std. Every random choice is drawn
-per example from the key given; shapes depend only on the input shape and the config, so
-:func:`two_views` compiles once.
+Images are ``(B, H, W, C)`` floats in ``[0, 1]`` (:func:`to_float` converts uint8); each random
+choice is drawn per example from the key given, so shapes depend only on the input shape.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from typing import Callable, Union
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# sklearn digits scaled to [0, 1]: mean 0.305, std 0.376.
-DIGITS_MEAN = (0.305,)
-DIGITS_STD = (0.376,)
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as PIL and torchvision
-
-
-def _as_tuple(value):
-  return tuple(value) if isinstance(value, (list, tuple)) else value
-
-
-@dataclasses.dataclass(frozen=True)
-class SimCLRAugmentConfig:
-  """Strengths of the SimCLR augmentations (defaults: MoCo v2 / SogCLR ImageNet recipe).
-
-  Attributes:
-    crop_size: output ``(height, width)`` (an int means square); None keeps the input size.
-    crop_scale: range of the crop's area as a fraction of the image's.
-    crop_ratio: range of the crop's aspect ratio (width / height), sampled log-uniformly.
-    flip_prob: probability of a horizontal flip.
-    jitter_prob: probability of applying colour jitter to an example.
-    brightness, contrast, saturation: jitter factors are drawn from ``[max(0, 1 - s), 1 + s]``.
-    hue: hue shift drawn from ``[-hue, hue]`` (fraction of the colour wheel, <= 0.5).
-    jitter_random_order: apply the four jitter ops in a random order per example (torchvision);
-      False: brightness, contrast, saturation, hue.
-    grayscale_prob: probability of converting to grayscale (kept as C channels).
-    blur_prob: probability of a Gaussian blur (SimCLR: 0.5 on ImageNet, 0 on CIFAR).
-    blur_sigma: range of the blur's standard deviation, in pixels.
-    blur_kernel_fraction: blur kernel size as a fraction of the output size (rounded to odd, at
-      least 3).
-    mean, std: per-channel normalisation (one value broadcasts to every channel).
-  """
-
-  crop_size: Union[int, tuple[int, int], None] = None
-  crop_scale: tuple[float, float] = (0.08, 1.0)
-  crop_ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
-  flip_prob: float = 0.5
-  jitter_prob: float = 0.8
-  brightness: float = 0.4
-  contrast: float = 0.4
-  saturation: float = 0.4
-  hue: float = 0.1
-  jitter_random_order: bool = True
-  grayscale_prob: float = 0.2
-  blur_prob: float = 0.5
-  blur_sigma: tuple[float, float] = (0.1, 2.0)
-  blur_kernel_fraction: float = 0.1
-  mean: tuple[float, ...] = IMAGENET_MEAN
-  std: tuple[float, ...] = IMAGENET_STD
-
-  def __post_init__(self):
-    # Configs may arrive with lists (ml_collections, JSON): tuples keep the dataclass hashable.
-    for field in dataclasses.fields(self):
-      object.__setattr__(self, field.name, _as_tuple(getattr(self, field.name)))
-    if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
-      raise ValueError(f"crop_scale={self.crop_scale} must satisfy 0 < lo <= hi <= 1.")
-    if not 0 < self.crop_ratio[0] <= self.crop_ratio[1]:
-      raise ValueError(f"crop_ratio={self.crop_ratio} must satisfy 0 < lo <= hi.")
-    if not 0 <= self.hue <= 0.5:
-      raise ValueError(f"hue={self.hue} must lie in [0, 0.5].")
-    for name in ("brightness", "contrast", "saturation"):
-      if getattr(self, name) < 0:
-        raise ValueError(f"{name}={getattr(self, name)} must be >= 0.")
-    for name in ("flip_prob", "jitter_prob", "grayscale_prob", "blur_prob"):
-      if not 0 <= getattr(self, name) <= 1:
-        raise ValueError(f"{name}={getattr(self, name)} must lie in [0, 1].")
-    _check_mean_std(self.mean, self.std)
-
-
-@dataclasses.dataclass(frozen=True)
-class DigitsAugmentConfig:
-  """Strengths of the digit augmentations (8x8 grayscale; sizes in pixels of the input).
-
-  Attributes:
-    max_rotation: rotation angle drawn from ``[-max_rotation, max_rotation]`` degrees.
-    scale: zoom factor range (> 1 enlarges the digit).
-    max_shift: shift drawn from ``[-max_shift, max_shift]`` per axis; the border is zero (a
-      crop of a zero-padded image, at sub-pixel offsets).
-    elastic_alpha: standard deviation of a smooth random displacement field.
-    elastic_grid: the field is Gaussian noise on a ``grid x grid`` lattice, bilinearly upsampled.
-    intensity: pixel values are multiplied by a factor from ``[1 - intensity, 1 + intensity]``.
-    noise_std: standard deviation of additive Gaussian noise (images in ``[0, 1]``).
-    mean, std: normalisation.
-  """
-
-  max_rotation: float = 15.0
-  scale: tuple[float, float] = (0.85, 1.15)
-  max_shift: float = 1.0
-  elastic_alpha: float = 0.4
-  elastic_grid: int = 3
-  intensity: float = 0.2
-  noise_std: float = 0.05
-  mean: tuple[float, ...] = DIGITS_MEAN
-  std: tuple[float, ...] = DIGITS_STD
-
-  def __post_init__(self):
-    for field in dataclasses.fields(self):
-      object.__setattr__(self, field.name, _as_tuple(getattr(self, field.name)))
-    if not 0 < self.scale[0] <= self.scale[1]:
-      raise ValueError(f"scale={self.scale} must satisfy 0 < lo <= hi.")
-    for name in ("max_rotation", "max_shift", "elastic_alpha", "intensity", "noise_std"):
-      if getattr(self, name) < 0:
-        raise ValueError(f"{name}={getattr(self, name)} must be >= 0.")
-    if self.elastic_grid < 2:
-      raise ValueError(f"elastic_grid={self.elastic_grid} must be >= 2.")
-    _check_mean_std(self.mean, self.std)
-
-
-AugmentConfig = Union[SimCLRAugmentConfig, DigitsAugmentConfig]
-
-
-def _check_mean_std(mean, std):
-  if len(mean) != len(std) or not mean:
-    raise ValueError(f"mean {mean} and std {std} must be non-empty and of equal length.")
-  if min(std) <= 0:
-    raise ValueError(f"std {std} must be positive.")
-
-
-# ----------------------------------------------------------------------------- basic ops
 
 
 def to_float(images: jax.Array) -> jax.Array:
@@ -205,9 +73,6 @@ def _bernoulli(rng: jax.Array, prob: float, batch: int) -> jax.Array:
 def _per_example(mask: jax.Array, new: jax.Array, old: jax.Array) -> jax.Array:
   """Select ``new`` where the ``(B,)`` mask is True, per example."""
   return jnp.where(mask.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
-
-
-# ----------------------------------------------------------------------------- SimCLR ops
 
 
 def crop_boxes(rng: jax.Array, batch: int, height: int, width: int,
@@ -392,34 +257,6 @@ def gaussian_blur(rng: jax.Array, images: jax.Array, *, prob: float,
   return _per_example(_bernoulli(apply_key, prob, batch), blurred, images)
 
 
-def _output_size(config: SimCLRAugmentConfig, height: int, width: int) -> tuple[int, int]:
-  if config.crop_size is None:
-    return height, width
-  if isinstance(config.crop_size, int):
-    return config.crop_size, config.crop_size
-  return tuple(config.crop_size)
-
-
-def simclr_view(rng: jax.Array, images: jax.Array, config: SimCLRAugmentConfig) -> jax.Array:
-  """One SimCLR view: ``(B, H, W, C)`` uint8/float -> float32 ``(B, h, w, C)`` normalised."""
-  images = to_float(images)
-  _, height, width, _ = images.shape
-  size = _output_size(config, height, width)
-  crop_key, flip_key, jitter_key, gray_key, blur_key = jax.random.split(rng, 5)
-  x = random_resized_crop(crop_key, images, size, config.crop_scale, config.crop_ratio)
-  x = random_flip(flip_key, x, config.flip_prob)
-  x = color_jitter(jitter_key, x, brightness=config.brightness, contrast=config.contrast,
-                   saturation=config.saturation, hue=config.hue, prob=config.jitter_prob,
-                   random_order=config.jitter_random_order)
-  x = random_grayscale(gray_key, x, config.grayscale_prob)
-  x = gaussian_blur(blur_key, x, prob=config.blur_prob, sigma=config.blur_sigma,
-                    kernel_size=blur_kernel_size(min(size), config.blur_kernel_fraction))
-  return normalize(jnp.clip(x, 0.0, 1.0), config.mean, config.std)
-
-
-# ----------------------------------------------------------------------------- digits ops
-
-
 def random_affine_elastic(rng: jax.Array, images: jax.Array, *, max_rotation: float,
                           scale: tuple[float, float], max_shift: float, elastic_alpha: float,
                           elastic_grid: int) -> jax.Array:
@@ -457,75 +294,3 @@ def random_affine_elastic(rng: jax.Array, images: jax.Array, *, max_rotation: fl
 
   per_channel = jax.vmap(sample, in_axes=(2, None, None), out_axes=2)  # over C
   return jax.vmap(per_channel)(images, src_r, src_c)
-
-
-def digits_view(rng: jax.Array, images: jax.Array, config: DigitsAugmentConfig) -> jax.Array:
-  """One digits view: ``(B, H, W, C)`` uint8/float -> float32 ``(B, H, W, C)`` normalised."""
-  images = to_float(images)
-  batch = images.shape[0]
-  warp_key, intensity_key, noise_key = jax.random.split(rng, 3)
-  x = random_affine_elastic(warp_key, images, max_rotation=config.max_rotation,
-                            scale=config.scale, max_shift=config.max_shift,
-                            elastic_alpha=config.elastic_alpha, elastic_grid=config.elastic_grid)
-  if config.intensity > 0:
-    factor = jax.random.uniform(intensity_key, (batch, 1, 1, 1), minval=1.0 - config.intensity,
-                                maxval=1.0 + config.intensity)
-    x = x * factor
-  if config.noise_std > 0:
-    x = x + config.noise_std * jax.random.normal(noise_key, x.shape)
-  return normalize(jnp.clip(x, 0.0, 1.0), config.mean, config.std)
-
-
-# ----------------------------------------------------------------------------- entry points
-
-
-def augment(rng: jax.Array, images: jax.Array, config: AugmentConfig) -> jax.Array:
-  """One random view of a batch: ``(B, H, W, C)`` -> float32 ``(B, h, w, C)``."""
-  if len(config.mean) not in (1, images.shape[-1]):  # fail before tracing the whole recipe
-    normalize(images, config.mean, config.std)
-  if isinstance(config, SimCLRAugmentConfig):
-    return simclr_view(rng, images, config)
-  if isinstance(config, DigitsAugmentConfig):
-    return digits_view(rng, images, config)
-  raise TypeError(f"unknown augmentation config {type(config).__name__}.")
-
-
-def two_views(rng: jax.Array, images: jax.Array,
-              config: AugmentConfig) -> tuple[jax.Array, jax.Array]:
-  """Two independent views of each image (the contrastive pair).
-
-  Args:
-    rng: PRNG key; the views use two keys split from it.
-    images: ``(B, H, W, C)`` uint8 or float in ``[0, 1]``.
-    config: a :class:`SimCLRAugmentConfig` or :class:`DigitsAugmentConfig` (static under jit:
-      ``jax.jit(two_views, static_argnums=2)``).
-
-  Returns:
-    ``(view1, view2)``, each float32 ``(B, h, w, C)``, normalised.
-  """
-  key1, key2 = jax.random.split(rng)
-  return augment(key1, images, config), augment(key2, images, config)
-
-
-def eval_view(images: jax.Array, config: AugmentConfig) -> jax.Array:
-  """The deterministic view for evaluation (kNN, linear probe, detection quality).
-
-  Centre crop to the config's ``crop_size`` (resizing instead when the input is smaller), then
-  the same normalisation as training views.
-
-  Returns:
-    float32 ``(B, h, w, C)``.
-  """
-  images = to_float(images)
-  if isinstance(config, SimCLRAugmentConfig):
-    batch, height, width, channels = images.shape
-    out_h, out_w = _output_size(config, height, width)
-    if (out_h, out_w) != (height, width):
-      if out_h <= height and out_w <= width:
-        top, left = (height - out_h) // 2, (width - out_w) // 2
-        images = images[:, top:top + out_h, left:left + out_w]
-      else:
-        images = jax.image.resize(images, (batch, out_h, out_w, channels), method="linear")
-  elif not isinstance(config, DigitsAugmentConfig):
-    raise TypeError(f"unknown augmentation config {type(config).__name__}.")
-  return normalize(images, config.mean, config.std)
