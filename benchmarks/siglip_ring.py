@@ -40,8 +40,12 @@ NAME = "siglip_ring"
 MIB = 2.0 ** 20
 
 
-def build(impl: str, mesh, batch: int, dim: int, num_samples: int):
-  """The jitted step and its abstract arguments (features and state sharded as in training)."""
+def compile_step(impl: str, mesh, batch: int, dim: int, num_samples: int):
+  """The compiled step, a fresh state and its sharding (features and state as in training).
+
+  The step is ``value_and_grad`` of the objective in the features, logit scale and bias:
+  ``step(img, txt, index, state, scale, bias) -> (loss, new_state, grads)``; state donated.
+  """
   config = objectives.BimodalConfig(loss="siglip", impl=impl, mode="glofnd",
                                     thresholds=thr.ThresholdConfig(alpha=0.01))
   state = objectives.init_bimodal_state(num_samples, config)
@@ -61,19 +65,19 @@ def build(impl: str, mesh, batch: int, dim: int, num_samples: int):
   jitted = jax.jit(step, in_shardings=(batch_sharding, batch_sharding, batch_sharding,
                                        state_sharding, replicated, replicated),
                    donate_argnums=3)
-  return jitted, state, state_sharding
+  features = jax.ShapeDtypeStruct((batch, dim), jnp.float32)
+  index = jax.ShapeDtypeStruct((batch,), jnp.int32)
+  scalar = jax.ShapeDtypeStruct((), jnp.float32)
+  abstract_state = jax.eval_shape(lambda: state)
+  compiled = jitted.lower(features, features, index, abstract_state, scalar, scalar).compile()
+  return compiled, state, state_sharding
 
 
 def measure(impl: str, devices: int, batch: int, dim: int, steps: int) -> dict:
   mesh = mesh_lib.make_mesh(jax.devices()[:devices])
   num_samples = mesh_lib.padded_size(4 * batch, mesh)
-  jitted, state, state_sharding = build(impl, mesh, batch, dim, num_samples)
-  features = jax.ShapeDtypeStruct((batch, dim), jnp.float32)
-  index = jax.ShapeDtypeStruct((batch,), jnp.int32)
-  scalar = jax.ShapeDtypeStruct((), jnp.float32)
-  abstract_state = jax.eval_shape(lambda: state)
   start = time.perf_counter()
-  compiled = jitted.lower(features, features, index, abstract_state, scalar, scalar).compile()
+  compiled, state, state_sharding = compile_step(impl, mesh, batch, dim, num_samples)
   compile_s = time.perf_counter() - start
   memory = compiled.memory_analysis()
   row = {"impl": impl, "devices": devices, "batch": batch, "dim": dim, "compile_s": compile_s,

@@ -13,23 +13,10 @@ there. Run (see docs/BIMODAL.md for the data):
     --config.tokenizer.path=/data/cc3m/tokenizer.json
 """
 
-import importlib.util
 import pathlib
 
-
-def _cc3m_fastclip():
-  path = pathlib.Path(__file__).with_name("cc3m_fastclip_glofnd.py")
-  spec = importlib.util.spec_from_file_location("cc3m_fastclip_glofnd", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from glofnd_jax import config_clip
 
 
 def get_config():
-  c = _cc3m_fastclip().get_config()
-  c.loss.name = "siglip"
-  c.loss.impl = "ring"
-  c.loss.temperature = 0.1  # logit scale exp(t) = 10, as the paper
-  c.optim.lr_tau = c.optim.lr
-  c.optim.temperature_schedule = "const"
-  return c
+  return config_clip.siglip_recipe(pathlib.Path(__file__).with_name("cc3m_fastclip_glofnd.py"), impl="ring")

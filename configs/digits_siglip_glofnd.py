@@ -9,23 +9,10 @@ instead of all-gathering them (same numbers). Run:
   glofnd-jax train --config configs/digits_siglip_glofnd.py --workdir workdir/digits_siglip
 """
 
-import importlib.util
 import pathlib
 
-
-def _digits_clip():
-  path = pathlib.Path(__file__).with_name("digits_clip_glofnd.py")
-  spec = importlib.util.spec_from_file_location("digits_clip_glofnd", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from glofnd_jax import config_clip
 
 
 def get_config():
-  c = _digits_clip().get_config()
-  c.loss.name = "siglip"
-  c.loss.impl = "dense"
-  c.loss.temperature = 0.1  # logit scale exp(t) = 10, as the paper
-  c.optim.lr_tau = c.optim.lr
-  c.optim.temperature_schedule = "const"
-  return c
+  return config_clip.siglip_recipe(pathlib.Path(__file__).with_name("digits_clip_glofnd.py"), impl="dense")

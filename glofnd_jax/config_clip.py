@@ -8,6 +8,9 @@ sections mean what they mean in :func:`glofnd_jax.config_lib.base_config`.
 
 from __future__ import annotations
 
+import importlib.util
+import pathlib
+
 import ml_collections
 
 from glofnd_jax import config_lib, detection, objectives, optim_clip, siglip
@@ -159,6 +162,20 @@ LOSS_NAMES = ("", "fastclip_v1", "fastclip_v3", "siglip")
 def loss_name(config) -> str:
   """``loss.name``, with ``""`` mapped to ``fastclip_<loss.version>``."""
   return config.loss.name or f"fastclip_{config.loss.version}"
+
+
+def siglip_recipe(base_recipe, impl: str = "dense") -> ml_collections.ConfigDict:
+  """The clip recipe file ``base_recipe`` switched to SigLIP: logit scale from 10 and bias from
+  -10 (the paper), both learned at the network's learning rate; flagged negatives removed."""
+  spec = importlib.util.spec_from_file_location(pathlib.Path(base_recipe).stem, base_recipe)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.loss.name, config.loss.impl = "siglip", impl
+  config.loss.temperature = 0.1
+  config.optim.lr_tau = config.optim.lr
+  config.optim.temperature_schedule = "const"
+  return config
 
 
 def bimodal_objective_config(config) -> objectives.BimodalConfig:

@@ -23,6 +23,9 @@ from glofnd_jax import objectives
 from glofnd_jax import siglip
 from glofnd_jax import thresholds as thr
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "benchmarks"))
+import siglip_ring  # noqa: E402  (benchmarks/siglip_ring.py: the step whose HLO is checked)
+
 NUM_SAMPLES = 200
 BATCH = 64
 DIM = 12
@@ -104,25 +107,8 @@ def run(case: str, impl: str, mesh) -> dict:
 
 
 def hlo_text(impl: str, mesh) -> str:
-  """Compiled HLO of value_and_grad of one GloFND SigLIP objective, batch sharded over data."""
-  cfg = objectives.BimodalConfig(loss="siglip", impl=impl, mode="glofnd",
-                                 thresholds=thr.ThresholdConfig(alpha=0.05))
-  state = objectives.init_bimodal_state(1024, cfg)
-  rows = lambda x: mesh_lib.constrain_similarity_rows(x, mesh)
-
-  def step(img, txt, index, state, scale, bias):
-    def fn(img, txt, scale, bias):
-      return objectives.bimodal_objective(img, txt, index, index, state, 1, scale, cfg,
-                                          constrain_rows=rows, bias=bias, mesh=mesh)
-    (loss, aux), grads = jax.value_and_grad(fn, argnums=(0, 1, 2, 3), has_aux=True)(
-        img, txt, scale, bias)
-    return loss, aux.state, grads
-
-  batch = mesh_lib.batch_sharding(mesh)
-  features = jax.ShapeDtypeStruct((HLO_BATCH, HLO_DIM), jnp.float32, sharding=batch)
-  index = jax.ShapeDtypeStruct((HLO_BATCH,), jnp.int32, sharding=batch)
-  scalar = jax.ShapeDtypeStruct((), jnp.float32)
-  return jax.jit(step).lower(features, features, index, state, scalar, scalar).compile().as_text()
+  """Compiled HLO of the benchmark's step: value_and_grad of GloFND SigLIP, batch sharded."""
+  return siglip_ring.compile_step(impl, mesh, HLO_BATCH, HLO_DIM, 1024)[0].as_text()
 
 
 def main(out_dir: str):
