@@ -192,3 +192,27 @@ def test_ring_moves_chunks_and_holds_no_row_of_similarities(worker):
   assert any((rows, meta["dim"]) in i["shapes"] for i in permutes), \
       "no collective-permute moves a (B/D, d) feature chunk"
   assert not re.search(r"collective-permute", hlo["dense"])
+
+
+def test_recipes_and_loss_name():
+  """``loss.name`` picks the objective ("" keeps ``loss.version``); SigLIP recipes build a model
+  with the bias b = -10 and a logit scale from 10."""
+  import pathlib
+  from glofnd_jax import config_clip
+  configs = pathlib.Path(__file__).resolve().parent.parent / "configs"
+  digits = config_clip.siglip_recipe(configs / "digits_clip_glofnd.py")
+  objective = config_clip.bimodal_objective_config(digits)
+  assert (objective.loss, objective.impl) == ("siglip", "dense")
+  model = config_clip.build_model(digits, vocab_size=50)
+  assert model.bias_init == siglip.BIAS_INIT and digits.loss.temperature == pytest.approx(0.1)
+  cc3m = config_clip.siglip_recipe(configs / "cc3m_fastclip_glofnd.py", impl="ring")
+  assert config_clip.bimodal_objective_config(cc3m).impl == "ring"
+  base = config_clip.clip_base_config()
+  base.loss.version = "v1"
+  assert config_clip.bimodal_objective_config(base).version == "v1"
+  base.loss.name = "fastclip_v3"
+  assert (config_clip.bimodal_objective_config(base).version,
+          config_clip.bimodal_objective_config(base).loss) == ("v3", "fastclip")
+  base.loss.name = "sigmoid"
+  with pytest.raises(ValueError, match="loss.name"):
+    config_clip.bimodal_objective_config(base)
