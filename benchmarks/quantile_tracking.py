@@ -128,7 +128,7 @@ def digits_setting(workdir: pathlib.Path, *, epochs: int | None, start: int | No
   log(f"digits: trained in {time.time() - began:.0f} s")
   c = run.config
   alpha, batch, n = c.glofnd.alpha, run.batch, run.num_samples
-  _, projections, _ = unimodal_eval._features(run, state, run.source)  # eval mode, un-augmented
+  _, projections, _ = unimodal_eval.run_features(run, state, run.source)  # eval mode, un-augmented
   exact = dataset_quantile(projections, alpha)
   lam = np.asarray(jax.device_get(state.per_sample.thresholds[0].lam))[:n]
 

@@ -6,42 +6,20 @@ The functional API, in the order a train step uses it:
 * :mod:`glofnd_jax.thresholds`  per-sample lambda, its quantile gradient and row-wise Adam.
 * :mod:`glofnd_jax.detection`   keep-masks for every detection mode, diagnostics.
 * :mod:`glofnd_jax.losses`      SimCLR, SogCLR and FastCLIP v1/v3 with a keep-mask.
+* :mod:`glofnd_jax.siglip`      SigLIP's sigmoid loss with GloFND, dense or as a device ring.
 * :mod:`glofnd_jax.objectives`  detection + loss in one differentiable function.
 * :mod:`glofnd_jax.per_sample`  gather/scatter of per-sample arrays by global index.
 """
 
 from glofnd_jax.detection import MODES, Detection, detect, keep_mask
-from glofnd_jax.losses import (
-                               FastCLIPState,
-                               SimCLRState,
-                               SogCLRState,
-                               cosine_gamma,
-                               fastclip_loss,
-                               init_fastclip,
-                               init_sogclr,
-                               simclr_loss,
-                               sogclr_loss,
-)
-from glofnd_jax.objectives import (
-                               BimodalConfig,
-                               BimodalState,
-                               ObjectiveAux,
-                               UnimodalConfig,
-                               UnimodalState,
-                               bimodal_objective,
-                               init_bimodal_state,
-                               init_unimodal_state,
-                               unimodal_objective,
-)
-from glofnd_jax.thresholds import (
-                               ThresholdConfig,
-                               ThresholdState,
-                               batch_quantile,
-                               init_thresholds,
-                               moments,
-                               threshold_grad,
-                               threshold_optimizer,
-                               update_thresholds,
-)
+from glofnd_jax.losses import (FastCLIPState, SimCLRState, SogCLRState, cosine_gamma,
+                               fastclip_loss, init_fastclip, init_sogclr, siglip_loss, simclr_loss,
+                               sogclr_loss)
+from glofnd_jax.objectives import (BimodalConfig, BimodalState, ObjectiveAux, UnimodalConfig,
+                                   UnimodalState, bimodal_objective, init_bimodal_state,
+                                   init_unimodal_state, unimodal_objective)
+from glofnd_jax.thresholds import (ThresholdConfig, ThresholdState, batch_quantile,
+                                   init_thresholds, moments, threshold_grad, threshold_optimizer,
+                                   update_thresholds, update_thresholds_from_counts)
 
 __version__ = "0.1.0"

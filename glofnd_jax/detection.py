@@ -108,17 +108,28 @@ def detect(mode: str, sims: jax.Array, negatives: jax.Array, index: jax.Array, e
 def diagnostics(sims, negatives, keep, below, alpha, row_labels=None, col_labels=None,
                 with_quantile: bool = True) -> dict:
   """Scalar metrics: kept fraction, flagged fraction, batch quantile, FN precision/recall."""
-  n_neg = jnp.maximum(jnp.sum(negatives), 1).astype(jnp.float32)
   flagged = negatives & ~below
-  out = {
-      "kept_fraction": jnp.sum(keep) / n_neg,
-      "flagged_fraction": jnp.sum(flagged) / n_neg,
-  }
-  if with_quantile:
-    out["batch_quantile_mean"] = jnp.nanmean(thr.batch_quantile(sims, negatives, 1.0 - alpha))
+  counts = {"negatives": jnp.sum(negatives), "kept": jnp.sum(keep), "flagged": jnp.sum(flagged)}
   if row_labels is not None and col_labels is not None:
     same = negatives & (col_labels[None, None, :] == row_labels[None, :, None])
-    hits = jnp.sum(flagged & same).astype(jnp.float32)
-    out["fn_precision"] = hits / jnp.maximum(jnp.sum(flagged), 1)
-    out["fn_recall"] = hits / jnp.maximum(jnp.sum(same), 1)
+    counts.update(same=jnp.sum(same), hits=jnp.sum(flagged & same))
+  out = diagnostics_from_counts(**counts)
+  if with_quantile:
+    out["batch_quantile_mean"] = jnp.nanmean(thr.batch_quantile(sims, negatives, 1.0 - alpha))
+  return out
+
+
+def diagnostics_from_counts(negatives, kept, flagged, same=None, hits=None) -> dict:
+  """:func:`diagnostics` from batch totals (for callers that count block by block).
+
+  Args:
+    negatives, kept, flagged: # negative pairs, # kept by the loss, # flagged by the detector.
+    same, hits: with labels, # negatives sharing the anchor's label and # of those flagged.
+  """
+  n_neg = jnp.maximum(negatives, 1).astype(jnp.float32)
+  out = {"kept_fraction": kept / n_neg, "flagged_fraction": flagged / n_neg}
+  if same is not None and hits is not None:
+    hits = jnp.asarray(hits, jnp.float32)
+    out["fn_precision"] = hits / jnp.maximum(flagged, 1)
+    out["fn_recall"] = hits / jnp.maximum(same, 1)
   return out

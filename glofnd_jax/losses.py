@@ -17,6 +17,7 @@ from flax import struct
 
 from glofnd_jax import per_sample
 from glofnd_jax import similarity as sim
+from glofnd_jax.siglip import siglip_loss  # noqa: F401  (SigLIP lives in its own module)
 
 sg = jax.lax.stop_gradient
 

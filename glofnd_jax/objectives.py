@@ -1,7 +1,7 @@
 """Detection + loss in one pure function: what a train step differentiates.
 
 :func:`unimodal_objective` (SogCLR or SimCLR on two views) and :func:`bimodal_objective`
-(FastCLIP v1/v3 on image-text pairs) run, in the authors' order, the threshold update, the mask,
+(FastCLIP v1/v3 or SigLIP on image-text pairs) run, in the authors' order, the threshold update, the mask,
 the ``u`` update and the loss. Both return ``loss, ObjectiveAux`` so that
 
     (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(features, ...)
@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from glofnd_jax import detection, losses
+from glofnd_jax import detection, losses, siglip
 from glofnd_jax import similarity as sim
 from glofnd_jax import thresholds as thr
 
@@ -177,9 +177,15 @@ def unimodal_objective(h1: jax.Array, h2: jax.Array, index: jax.Array, state: Un
 
 @dataclasses.dataclass(frozen=True)
 class BimodalConfig:
-  """Static settings of the FastCLIP objective.
+  """Static settings of the image-text objective (FastCLIP or SigLIP).
 
   Attributes:
+    loss: ``"fastclip"`` (FastCLIP, see ``version``) or ``"siglip"`` (the sigmoid loss of
+      :mod:`glofnd_jax.siglip`; ``version``, ``rho``, ``eps`` and the gamma schedule unused).
+    impl: SigLIP's implementation: ``"dense"`` (each device its anchor rows against all columns)
+      or ``"ring"`` (chunks passed around the mesh's data axis; needs ``mesh=``).
+    treatment: what SigLIP does with flagged negatives: ``"remove"`` or ``"attract"``
+      (FastCLIP: ``"remove"`` only).
     version: ``"v1"`` (constant temperature, FastCLIP-v1 / bimodal SogCLR) or ``"v3"``
       (learnable global temperature, ``multiply_tau``).
     mode: detection mode.
@@ -191,6 +197,9 @@ class BimodalConfig:
     quantile_metric: report ``batch_quantile_mean`` in every mode (costs a ``top_k`` per step).
   """
 
+  loss: str = "fastclip"
+  impl: str = "dense"
+  treatment: str = "remove"
   version: str = "v3"
   mode: str = "glofnd"
   thresholds: thr.ThresholdConfig = thr.ThresholdConfig(alpha=1e-3, eps=1e-14)
@@ -203,9 +212,19 @@ class BimodalConfig:
   quantile_metric: bool = False
 
   def __post_init__(self):
+    if self.loss not in ("fastclip", "siglip"):
+      raise ValueError(f"loss {self.loss!r} is unknown; use 'fastclip' or 'siglip'.")
     if self.version not in ("v1", "v3"):
       raise ValueError(f"version {self.version!r} is unknown; use 'v1' or 'v3'.")
     detection.check_mode(self.mode)
+    siglip.check_impl(self.impl, self.mode)
+    siglip.check_treatment(self.treatment)
+    if self.loss == "fastclip" and (self.impl, self.treatment) != ("dense", "remove"):
+      raise ValueError(f"impl={self.impl!r}, treatment={self.treatment!r}: FastCLIP runs "
+                       "impl='dense' with treatment='remove'; the others need loss='siglip'.")
+    if self.impl == "ring" and (self.quantile_metric or self.thresholds.init_quantile):
+      raise ValueError("impl='ring' never holds whole similarity rows: set quantile_metric=False "
+                       "and thresholds.init_quantile=False (or use impl='dense').")
     if not 0.0 < self.gamma_min <= 1.0:
       raise ValueError(f"gamma_min={self.gamma_min!r} must lie in (0, 1].")
     if self.gamma_schedule not in ("cosine", "constant"):
@@ -219,11 +238,12 @@ class BimodalConfig:
 
 @struct.dataclass
 class BimodalState:
-  """Per-sample state per alpha: image-anchor and text-anchor thresholds, FastCLIP ``u``."""
+  """Per-sample state per alpha: image-anchor and text-anchor thresholds, FastCLIP ``u``
+  (SigLIP: an empty :class:`~glofnd_jax.siglip.SigLIPState`)."""
 
   thresholds_img: tuple[thr.ThresholdState, ...] | None
   thresholds_txt: tuple[thr.ThresholdState, ...] | None
-  loss: tuple[losses.FastCLIPState, ...]
+  loss: tuple[losses.FastCLIPState | siglip.SigLIPState, ...]
 
 
 def init_bimodal_state(num_samples: int, config: BimodalConfig) -> BimodalState:
@@ -233,15 +253,18 @@ def init_bimodal_state(num_samples: int, config: BimodalConfig) -> BimodalState:
     size = 1 if config.mode == "glofnd_shared" else num_samples
     img = tuple(thr.init_thresholds(size, c) for c in configs)
     txt = tuple(thr.init_thresholds(size, c) for c in configs)
-  return BimodalState(thresholds_img=img, thresholds_txt=txt,
-                      loss=tuple(losses.init_fastclip(num_samples) for _ in configs))
+  if config.loss == "siglip":
+    loss_state = tuple(siglip.SigLIPState() for _ in configs)
+  else:
+    loss_state = tuple(losses.init_fastclip(num_samples) for _ in configs)
+  return BimodalState(thresholds_img=img, thresholds_txt=txt, loss=loss_state)
 
 
 def bimodal_objective(img: jax.Array, txt: jax.Array, index_img: jax.Array, index_txt: jax.Array,
                       state: BimodalState, epoch, logit_scale, config: BimodalConfig,
-                      labels: jax.Array | None = None,
-                      constrain_rows=None) -> tuple[jax.Array, ObjectiveAux]:
-  """GloFND-masked FastCLIP on one batch of image-text pairs.
+                      labels: jax.Array | None = None, constrain_rows=None, *, bias=None,
+                      mesh=None) -> tuple[jax.Array, ObjectiveAux]:
+  """GloFND-masked FastCLIP or SigLIP on one batch of image-text pairs.
 
   Args:
     img, txt: ``(B, d)`` raw image and text features.
@@ -249,58 +272,87 @@ def bimodal_objective(img: jax.Array, txt: jax.Array, index_img: jax.Array, inde
       text index).
     state: :class:`BimodalState`.
     epoch: scalar int epoch (gamma comes from the schedule at this epoch).
-    logit_scale: 1 / temperature (differentiate through it for v3).
+    logit_scale: 1 / temperature (differentiate through it for v3 and SigLIP).
     config: :class:`BimodalConfig`.
     labels: optional ``(B,)`` classes for ``oracle`` and FN precision/recall.
     constrain_rows: optional ``f(x) -> x`` applied to the ``(1, B, B)`` similarity rows and
       negative mask (see :func:`unimodal_objective`). No effect on the numbers.
+    bias: SigLIP's learnable bias b (required by ``loss="siglip"``; differentiable).
+    mesh: the mesh whose ``data`` axis the SigLIP ring runs over (required by ``impl="ring"``).
 
   Returns:
     ``loss, ObjectiveAux``; ``per_anchor`` holds ``kept_img/kept_txt`` (the loss divisors),
-    ``below_img/below_txt``, ``mask_img/mask_txt`` ``(B, B)`` and ``g_img/g_txt``.
+    ``below_img/below_txt``; dense: ``mask_img/mask_txt`` ``(B, B)``; FastCLIP: ``g_img/g_txt``.
   """
   batch = img.shape[0]
+  is_siglip = config.loss == "siglip"
+  if is_siglip and bias is None:
+    raise ValueError("loss='siglip' needs bias= (the learnable b, initialised to -10).")
+  ring = config.impl == "ring"
+  if ring and mesh is None:
+    raise ValueError("impl='ring' needs mesh= (the mesh whose 'data' axis the ring runs over).")
   gamma = losses.cosine_gamma(epoch, config.gamma_min, config.gamma_decay_epochs,
                               config.gamma_schedule)
   rows = constrain_rows or (lambda x: x)
-  s_img, s_txt = sim.bimodal_similarities(sim.l2_normalize(sg(img)), sim.l2_normalize(sg(txt)))
-  s_img, s_txt, negatives = rows(s_img), rows(s_txt), rows(sim.bimodal_negatives(batch))
+  if not ring:
+    s_img, s_txt = sim.bimodal_similarities(sim.l2_normalize(sg(img)), sim.l2_normalize(sg(txt)))
+    s_img, s_txt, negatives = rows(s_img), rows(s_txt), rows(sim.bimodal_negatives(batch))
 
+  learned = state.thresholds_img is not None
   total, new_img, new_txt, new_loss, per_alpha, per_anchor = 0.0, [], [], [], [], {}
   for k, tconfig in enumerate(config.threshold_configs):
-    learned = state.thresholds_img is not None
-    found_img = detection.detect(config.mode, s_img, negatives, index_img, epoch, tconfig,
-                                 state.thresholds_img[k] if learned else None, labels, labels,
-                                 quantile_metric=config.quantile_metric)
-    found_txt = detection.detect(config.mode, s_txt, negatives, index_txt, epoch, tconfig,
-                                 state.thresholds_txt[k] if learned else None, labels, labels,
-                                 quantile_metric=config.quantile_metric)
-    loss, (loss_state, loss_metrics) = losses.fastclip_loss(
-        img, txt, index_img, index_txt, state.loss[k], found_img.keep, found_txt.keep,
-        logit_scale=logit_scale, gamma=gamma, version=config.version, rho=config.rho,
-        eps=config.eps)
-    total = total + loss
-    new_img.append(found_img.thresholds)
-    new_txt.append(found_txt.thresholds)
-    new_loss.append(loss_state)
-    metrics = {"loss": loss, "u_img_mean": loss_metrics["u_img_mean"],
-               "u_txt_mean": loss_metrics["u_txt_mean"]}
-    metrics.update({f"img/{n}": v for n, v in found_img.metrics.items()})
-    metrics.update({f"txt/{n}": v for n, v in found_txt.metrics.items()})
-    per_alpha.append(metrics)
-    if k == 0:
-      per_anchor = {
+    thr_img = state.thresholds_img[k] if learned else None
+    thr_txt = state.thresholds_txt[k] if learned else None
+    loss_metrics, loss_state = {}, state.loss[k]
+    if ring:
+      loss, (thr_img, thr_txt, img_metrics, txt_metrics, anchors) = siglip.ring_step(
+          img, txt, index_img, index_txt, thr_img, thr_txt, epoch, tconfig, mode=config.mode,
+          treatment=config.treatment, logit_scale=logit_scale, bias=bias, mesh=mesh,
+          labels=labels)
+    else:
+      found_img = detection.detect(config.mode, s_img, negatives, index_img, epoch, tconfig,
+                                   thr_img, labels, labels, quantile_metric=config.quantile_metric)
+      found_txt = detection.detect(config.mode, s_txt, negatives, index_txt, epoch, tconfig,
+                                   thr_txt, labels, labels, quantile_metric=config.quantile_metric)
+      thr_img, thr_txt = found_img.thresholds, found_txt.thresholds
+      img_metrics, txt_metrics = found_img.metrics, found_txt.metrics
+      anchors = {
           "kept_img": jnp.sum(found_img.keep[0], -1), "kept_txt": jnp.sum(found_txt.keep[0], -1),
           "below_img": jnp.sum(found_img.below[0], -1),
           "below_txt": jnp.sum(found_txt.below[0], -1),
-          "mask_img": found_img.keep[0], "mask_txt": found_txt.keep[0],
-          "g_img": loss_metrics["g_img"], "g_txt": loss_metrics["g_txt"]}
+          "mask_img": found_img.keep[0], "mask_txt": found_txt.keep[0]}
+      if is_siglip:
+        neg_weight, attract = siglip.treat(siglip.dense_flags(found_img.keep[0], found_txt.keep[0]),
+                                           config.treatment)
+        loss = siglip.siglip_loss(img, txt, logit_scale=logit_scale, bias=bias,
+                                  neg_weight=neg_weight, attract=attract)
+      else:
+        loss, (loss_state, loss_metrics) = losses.fastclip_loss(
+            img, txt, index_img, index_txt, state.loss[k], found_img.keep, found_txt.keep,
+            logit_scale=logit_scale, gamma=gamma, version=config.version, rho=config.rho,
+            eps=config.eps)
+        anchors.update(g_img=loss_metrics["g_img"], g_txt=loss_metrics["g_txt"])
+    total = total + loss
+    new_img.append(thr_img)
+    new_txt.append(thr_txt)
+    new_loss.append(loss_state)
+    metrics = {"loss": loss}
+    if not is_siglip:
+      metrics.update(u_img_mean=loss_metrics["u_img_mean"], u_txt_mean=loss_metrics["u_txt_mean"])
+    metrics.update({f"img/{n}": v for n, v in img_metrics.items()})
+    metrics.update({f"txt/{n}": v for n, v in txt_metrics.items()})
+    per_alpha.append(metrics)
+    if k == 0:
+      per_anchor = anchors
 
-  learned = state.thresholds_img is not None
   new_state = BimodalState(thresholds_img=tuple(new_img) if learned else None,
                            thresholds_txt=tuple(new_txt) if learned else None,
                            loss=tuple(new_loss))
   loss = total / len(config.threshold_configs)
   metrics = _merge_metrics(per_alpha, config.threshold_configs)
-  metrics.update({"loss": loss, "gamma": gamma, "logit_scale": sg(jnp.asarray(logit_scale))})
+  metrics.update({"loss": loss, "logit_scale": sg(jnp.asarray(logit_scale))})
+  if is_siglip:
+    metrics["bias"] = sg(jnp.asarray(bias, jnp.float32))
+  else:
+    metrics["gamma"] = gamma
   return loss, ObjectiveAux(new_state, metrics, per_anchor)

@@ -184,6 +184,25 @@ def count_above(sims: jax.Array, negatives: jax.Array, lam_rows: jax.Array):
   return above, total
 
 
+def grad_from_counts(above: jax.Array, total: jax.Array, alpha: float,
+                     shared: bool = False) -> jax.Array:
+  """Pinball-loss gradient ``alpha - above / total`` per anchor from its negative counts.
+
+  Args:
+    above: ``(B,)`` int, # negatives of each anchor with similarity above its lambda.
+    total: ``(B,)`` int, # negatives of each anchor.
+    alpha: target flagged fraction.
+    shared: pool the counts over the whole batch (one threshold for all samples); returns ``(1,)``.
+
+  Returns:
+    ``(B,)`` float32 gradients (``(1,)`` when ``shared``). An anchor with no negatives gets 0.
+  """
+  if shared:
+    above, total = jnp.sum(above, keepdims=True), jnp.sum(total, keepdims=True)
+  frac = above.astype(jnp.float32) / jnp.maximum(total, 1).astype(jnp.float32)
+  return jnp.where(total > 0, alpha - frac, 0.0).astype(jnp.float32)
+
+
 def threshold_grad(sims: jax.Array, negatives: jax.Array, lam_rows: jax.Array,
                    alpha: float, shared: bool = False) -> jax.Array:
   """Pinball-loss gradient ``alpha - (# negatives above lambda) / (# negatives)`` per anchor.
@@ -199,12 +218,8 @@ def threshold_grad(sims: jax.Array, negatives: jax.Array, lam_rows: jax.Array,
   Returns:
     ``(B,)`` float32 gradients (``(1,)`` when ``shared``). An anchor with no negatives gets 0.
   """
-  sims = jax.lax.stop_gradient(sims)
-  above, total = count_above(sims, negatives, lam_rows)
-  if shared:
-    above, total = jnp.sum(above, keepdims=True), jnp.sum(total, keepdims=True)
-  frac = above.astype(jnp.float32) / jnp.maximum(total, 1).astype(jnp.float32)
-  return jnp.where(total > 0, alpha - frac, 0.0).astype(jnp.float32)
+  above, total = count_above(jax.lax.stop_gradient(sims), negatives, lam_rows)
+  return grad_from_counts(above, total, alpha, shared)
 
 
 def batch_quantile(sims: jax.Array, negatives: jax.Array, q: float) -> jax.Array:
@@ -252,6 +267,13 @@ def batch_quantile(sims: jax.Array, negatives: jax.Array, q: float) -> jax.Array
   return jnp.mean(row_quantile, axis=0)
 
 
+def anchor_thresholds(state: ThresholdState, index: jax.Array, shared: bool = False) -> jax.Array:
+  """``(B,)`` current thresholds of the anchors at ``index`` (the one shared value, broadcast)."""
+  if shared:
+    return jnp.broadcast_to(per_sample.gather(state.lam, jnp.zeros((1,), jnp.int32)), index.shape)
+  return per_sample.gather(state.lam, index)
+
+
 def update_thresholds(state: ThresholdState, sims: jax.Array, negatives: jax.Array,
                       index: jax.Array, epoch: jax.Array, config: ThresholdConfig,
                       shared: bool = False) -> tuple[ThresholdState, jax.Array]:
@@ -274,18 +296,44 @@ def update_thresholds(state: ThresholdState, sims: jax.Array, negatives: jax.Arr
     The new state and ``(B,)`` thresholds of the batch anchors after the update (what the mask of
     this same step uses).
   """
+  sims = jax.lax.stop_gradient(sims)
+  above, total = count_above(sims, negatives, anchor_thresholds(state, index, shared))
+  quantile = batch_quantile(sims, negatives, 1.0 - config.alpha) if config.init_quantile else None
+  return update_thresholds_from_counts(state, above, total, index, epoch, config, shared, quantile)
+
+
+def update_thresholds_from_counts(state: ThresholdState, above: jax.Array, total: jax.Array,
+                                  index: jax.Array, epoch: jax.Array, config: ThresholdConfig,
+                                  shared: bool = False,
+                                  quantile: jax.Array | None = None) -> tuple[ThresholdState,
+                                                                              jax.Array]:
+  """:func:`update_thresholds` given each anchor's negative counts instead of its similarities.
+
+  For callers that never hold an anchor's whole similarity row at once (the SigLIP ring of
+  :mod:`glofnd_jax.siglip` counts block by block): the counts are all the gradient needs.
+
+  Args:
+    state, index, epoch, config, shared: as for :func:`update_thresholds`.
+    above, total: ``(B,)`` int counts of each anchor's negatives above its current threshold
+      (:func:`anchor_thresholds`) and of all its negatives.
+    quantile: ``(B,)`` mini-batch (1 - alpha) quantiles; required when ``config.init_quantile``.
+
+  Returns:
+    As :func:`update_thresholds`.
+  """
+  if config.init_quantile and quantile is None:
+    raise ValueError("thresholds.init_quantile needs the mini-batch quantile: pass quantile=, or "
+                     "set init_quantile=False.")
   epoch = jnp.asarray(epoch, jnp.int32)
   rows = jnp.zeros((1,), jnp.int32) if shared else index
   lam_rows = per_sample.gather(state.lam, rows)
   opt_rows = jax.tree.map(lambda leaf: per_sample.gather(leaf, rows), state.opt_state)
-  anchor_lam = jnp.broadcast_to(lam_rows, index.shape) if shared else lam_rows
 
-  grad = threshold_grad(sims, negatives, anchor_lam, config.alpha, shared=shared)
+  grad = grad_from_counts(above, total, config.alpha, shared=shared)
   updates, new_opt_rows = threshold_optimizer(config).update(grad, opt_rows, lam_rows, epoch=epoch)
   new_lam_rows = jnp.clip(optax.apply_updates(lam_rows, updates), -1.0, 1.0)
 
   if config.init_quantile:
-    quantile = batch_quantile(sims, negatives, 1.0 - config.alpha)
     if shared:
       quantile = jnp.mean(quantile, keepdims=True)
     at_init = epoch == config.start_update

@@ -41,6 +41,8 @@ COMMANDS = {
     "threshold_update_scaling": (lambda out: [sys.executable, "threshold_update_scaling.py",
                                               "--quick", "--out", out],
                                  "threshold_update_scaling"),
+    "siglip_ring": (lambda out: [sys.executable, "siglip_ring.py", "--quick", "--out", out],
+                    "siglip_ring"),
 }
 
 

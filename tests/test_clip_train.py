@@ -7,7 +7,7 @@ import clip_fixtures
 import numpy as np
 import pytest
 
-from glofnd_jax.evaluation import image_text as image_text_eval
+from glofnd_jax.evaluation import retrieval as retrieval_lib
 from glofnd_jax.training import loop
 
 
@@ -69,12 +69,12 @@ def test_retrieval_ranks_and_chance_levels():
   image = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
   text = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
   tokens = np.array([[5, 9, 0], [5, 9, 0], [5, 7, 9]])  # pairs 0 and 1 share a caption
-  result = image_text_eval.retrieval(image, text, tokens, ks=(1, 2))
+  result = retrieval_lib.retrieval(image, text, tokens, ks=(1, 2))
   i2t, t2i = result["image_to_text"], result["text_to_image"]
   assert result["num_unique_captions"] == 2
   assert i2t["R@1"] == 1.0 and i2t["num_gallery"] == 2 and i2t["chance"]["R@1"] == 0.5
   assert t2i["R@1"] == 1.0 and t2i["num_queries"] == 2
   # Chance of a correct image in a random top 1 of 3: 2/3 for the shared caption, 1/3 else.
   assert t2i["chance"]["R@1"] == pytest.approx(0.5)
-  swapped = image_text_eval.retrieval(image[::-1], text, tokens, ks=(1,))
+  swapped = retrieval_lib.retrieval(image[::-1], text, tokens, ks=(1,))
   assert swapped["image_to_text"]["R@1"] == pytest.approx(1 / 3)

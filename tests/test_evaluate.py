@@ -232,6 +232,33 @@ def test_probe_leaves_backbone_frozen():
     assert not any("apply" in p or "param" in p for p in inspect.signature(fn).parameters)
 
 
+def test_extract_features_from_padded_batch_dicts():
+  """A pipeline's batch dicts: padding rows (valid < 0) dropped, tuple outputs, carried fields."""
+  rng = np.random.default_rng(17)
+  x = rng.normal(size=(10, 4)).astype(np.float32)
+  w = {"w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)}
+  both = lambda v, a, b: (a @ v["w"], (a + b) @ v["w"])
+  batches = []
+  for start in (0, 4, 8):  # batches of 4, the last padded with two rows marked -1
+    rows = np.arange(start, start + 4)
+    valid = np.where(rows < 10, rows, -1)
+    images = np.where((rows < 10)[:, None], x[np.minimum(rows, 9)], 99.0).astype(np.float32)
+    batches.append({"image": images, "other": 2 * images, "key": valid, "label": valid % 3})
+  frozen = evaluate.frozen_feature_fn(both)
+  (first, second), fields = evaluate.extract_features(
+      frozen, w, batches, inputs=("image", "other"), valid="key", carry=("label", "key"))
+  np.testing.assert_allclose(first, x @ np.asarray(w["w"]), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(second, 3 * x @ np.asarray(w["w"]), rtol=1e-5, atol=1e-5)
+  assert first.shape == (10, 3) and first.dtype == np.float32
+  assert fields["key"].tolist() == list(range(10))
+  assert fields["label"].tolist() == [i % 3 for i in range(10)]
+  # Arrays of a tuple-valued apply_fn come back as a tuple of arrays in input order.
+  pair = evaluate.extract_features(lambda v, a: (a @ v["w"], a), w, [x[:3], x[3:]], batch_size=4)
+  np.testing.assert_array_equal(pair[1], x)
+  with pytest.raises(ValueError, match="no batches"):
+    evaluate.extract_features(frozen, w, [], inputs=("image", "other"))
+
+
 # ------------------------------------------------------------------- false-negative metrics
 
 
@@ -273,6 +300,35 @@ def test_false_negative_precision_recall_matches_brute_force(chunk_size):
                                                  chunk_size=chunk_size, normalize=False)
   expected = _fn_reference(z.astype(np.float64), labels, lam, subset)
   assert (sub["num_flagged"], sub["num_true_flagged"], sub["num_same_class_pairs"]) == expected
+
+
+def test_cross_modal_false_negatives_match_brute_force():
+  """Anchors of one modality against the other's candidates; the pair i == j never counts."""
+  rng = np.random.default_rng(23)
+  image = _normalized(rng.normal(size=(60, 6))).astype(np.float32)
+  text = _normalized(rng.normal(size=(60, 6))).astype(np.float32)
+  labels = rng.integers(0, 4, size=60)
+  lam = rng.uniform(-0.2, 0.5, size=60).astype(np.float32)
+  sims = image.astype(np.float64) @ text.T.astype(np.float64)
+  assert np.min(np.abs(sims - lam[:, None])) > 1e-5
+  others = ~np.eye(60, dtype=bool)
+  flag = (sims > lam[:, None]) & others
+  same = (labels[:, None] == labels[None, :]) & others
+  result = evaluate.false_negative_precision_recall(image, labels, lam, candidates=text,
+                                                    chunk_size=16)
+  assert result["num_flagged"] == int(flag.sum())
+  assert result["num_true_flagged"] == int((flag & same).sum())
+  assert result["num_same_class_pairs"] == int(same.sum()) and result["num_pairs"] == 60 * 59
+  # Same-modal is the special case candidates = the anchors' own features.
+  assert (evaluate.false_negative_precision_recall(image, labels, lam, candidates=image)
+          == evaluate.false_negative_precision_recall(image, labels, lam))
+  with pytest.raises(ValueError, match="same N"):
+    evaluate.false_negative_precision_recall(image, labels, lam, candidates=text[:5])
+
+
+def test_per_sample_lambda_broadcasts_shared_and_cuts_padding():
+  np.testing.assert_array_equal(evaluate.per_sample_lambda(jnp.float32([0.5]), 4), [0.5] * 4)
+  np.testing.assert_array_equal(evaluate.per_sample_lambda(jnp.arange(6.0), 4), [0, 1, 2, 3])
 
 
 def test_false_negative_nothing_flagged_gives_nan_precision():
@@ -348,4 +404,43 @@ def test_report_round_trips_through_json(tmp_path):
   assert "FN precision" in table and "n/a" in table
   assert "Lambda mean |lam - exact|" in table
   assert f"{100 * knn['top1']:.2f}%" in table
+  assert "chance" not in table and "(CLIP)" not in table
   assert evaluate.format_table({}) == "No evaluation results."
+
+
+def test_one_table_prints_image_text_sections_with_chance():
+  from glofnd_jax.evaluation import retrieval as retrieval_lib  # pylint: disable=g-import-not-at-top
+  from glofnd_jax.evaluation import zero_shot as zero_shot_lib  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(43)
+  image, text = rng.normal(size=(12, 4)), rng.normal(size=(12, 4))
+  tokens = rng.integers(1, 4, size=(12, 2))
+  labels = np.arange(12) % 6
+  class_text = _normalized(rng.normal(size=(6, 4)))
+  fn = evaluate.false_negative_precision_recall(image, labels, np.full(12, 2.0), candidates=text)
+  results = evaluate.build_results(
+      retrieval=retrieval_lib.retrieval(image, text, tokens, ks=(1, 5)),
+      zero_shot=zero_shot_lib.zero_shot(image, labels, class_text),
+      false_negatives={"image": fn, "text": fn}, meta={"temperature": np.float32(0.05)})
+  assert list(results) == ["retrieval", "zero_shot", "false_negatives", "meta"]
+  table = evaluate.format_table(results)
+  lines = table.splitlines()
+  assert lines[0] == "Evaluation results (CLIP)" and lines[2].split() == ["value", "chance"]
+  assert "Zero-shot top-1 (6 classes, 12 images)" in table and "16.67%" in table  # chance 1/6
+  assert "image->text R@1" in table and "text->image median rank" in table
+  assert "FN precision, image anchors (lambda rule, train)" in table and "n/a" in table
+  assert "Temperature (final)" in table and "0.0500" in table
+  assert len({len(line) for line in lines[1:]}) <= 2  # fixed-width rows
+
+
+def test_last_epoch_detector_averages_the_last_epoch(tmp_path):
+  rows = [{"step": s, "loss": 1.0} for s in (1, 2)]
+  rows += [{"step": s, "fn_precision": s / 10, "kept_fraction": 0.5, "img/fn_recall": 0.2,
+            "txt/fn_recall": 0.4, "img/kept_fraction": 0.9} for s in (3, 4, 5, 6)]
+  (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  assert evaluate.last_epoch_detector(tmp_path, 2) == pytest.approx(
+      {"fn_precision": 0.55, "kept_fraction": 0.5})  # steps 5 and 6
+  sides = evaluate.last_epoch_detector(tmp_path, 3, sides=("img/", "txt/"),
+                                       present="img/kept_fraction")
+  assert sides == pytest.approx({"img/fn_recall": 0.2, "img/kept_fraction": 0.9,
+                                 "txt/fn_recall": 0.4})
+  assert evaluate.last_epoch_detector(tmp_path, 2, present="nothing") == {}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from glofnd_jax import detection, objectives
+from glofnd_jax import detection, objectives, siglip
 from glofnd_jax.config import common as config_common
 from glofnd_jax.data import pairs
 from glofnd_jax.models import clip as clip_models
@@ -89,6 +89,8 @@ def clip_base_config() -> ml_collections.ConfigDict:
   c.model.dtype = "float32"    # or bfloat16 (loss-side numerics stay float32)
 
   c.loss = ml_collections.ConfigDict()
+  c.loss.name = ""             # fastclip_v1 | fastclip_v3 | siglip; "" = fastclip_{version}
+  c.loss.impl = "dense"        # siglip: dense | ring (text chunks passed around the mesh)
   c.loss.version = "v3"        # v3: learnable temperature (FastCLIP) | v1: constant (SogCLR)
   c.loss.temperature = 0.07    # v3: initial temperature; v1: the constant one
   c.loss.rho = 6.5             # v3's rho
@@ -132,6 +134,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   req = config_common._require  # pylint: disable=protected-access
   req(config.loss.version in ("v1", "v3"), "loss.version", config.loss.version,
       "use 'v3' (learnable temperature) or 'v1' (constant).")
+  req(config.loss.name in LOSS_NAMES, "loss.name", config.loss.name,
+      f"choose one of {', '.join(n for n in LOSS_NAMES if n)} ('' = fastclip_<loss.version>).")
   req(config.data.on_bad_sample in pairs.BAD_SAMPLE_POLICIES, "data.on_bad_sample",
       config.data.on_bad_sample, "use 'skip' or 'fail'.")
   req(config.model.image_tower in clip_models.IMAGE_TOWERS, "model.image_tower",
@@ -151,11 +155,33 @@ def validate(config: ml_collections.ConfigDict) -> None:
       f"choose one of {', '.join(detection.MODES)}.")
 
 
+LOSS_NAMES = ("", "fastclip_v1", "fastclip_v3", "siglip")
+
+
+def loss_name(config) -> str:
+  """``loss.name``, with ``""`` mapped to ``fastclip_<loss.version>``."""
+  return config.loss.name or f"fastclip_{config.loss.version}"
+
+
+def siglip_recipe(base_recipe, impl: str = "dense") -> ml_collections.ConfigDict:
+  """The clip recipe file ``base_recipe`` switched to SigLIP: logit scale from 10 and bias from
+  -10 (the paper), both learned at the network's learning rate; flagged negatives removed."""
+  config = config_common.load_config_file(base_recipe)
+  config.loss.name, config.loss.impl = "siglip", impl
+  config.loss.temperature = 0.1
+  config.optim.lr_tau = config.optim.lr
+  config.optim.temperature_schedule = "const"
+  return config
+
+
 def bimodal_objective_config(config) -> objectives.BimodalConfig:
   validate(config)
   l = config.loss
+  name = loss_name(config)
   return objectives.BimodalConfig(
-      version=l.version, mode=config.glofnd.mode, thresholds=config_common.threshold_config(config),
+      loss="siglip" if name == "siglip" else "fastclip", impl=l.impl,
+      version=name.removeprefix("fastclip_") if name != "siglip" else l.version, mode=config.glofnd.mode,
+      thresholds=config_common.threshold_config(config),
       alphas=tuple(float(a) for a in config.glofnd.alphas), rho=l.rho, eps=l.eps,
       gamma_min=l.gamma_min, gamma_decay_epochs=l.gamma_decay_epochs,
       gamma_schedule=l.gamma_schedule, quantile_metric=bool(config.glofnd.quantile_metric))
@@ -170,4 +196,5 @@ def build_model(config, vocab_size: int) -> clip_models.CLIP:
       vision_heads=m.vision_heads, vit_layers=m.vit_layers, patch_size=m.patch_size,
       cnn_widths=tuple(m.cnn_widths), cnn_feature_dim=m.cnn_feature_dim,
       text_width=m.text_width, text_layers=m.text_layers, text_heads=m.text_heads,
-      activation=m.activation, dtype=m.dtype)
+      activation=m.activation, dtype=m.dtype,
+      bias_init=siglip.BIAS_INIT if loss_name(config) == "siglip" else None)

@@ -333,15 +333,21 @@ class CLIP(nn.Module):
     image_tower: ``(B, H, W, C), train -> (B, embed)``.
     text_tower: ``(B, L) -> (B, embed)``.
     temperature: initial temperature; the parameter ``logit_scale`` starts at ``log(1/T)``.
+    bias_init: if set, a learnable scalar ``logit_bias`` starting here (SigLIP's b, -10); the
+      train step reads it from the parameters.
   """
 
   image_tower: nn.Module
   text_tower: nn.Module
   temperature: float = 0.07
+  bias_init: float | None = None
 
   def setup(self):
     self.logit_scale = self.param("logit_scale", nn.initializers.constant(
         math.log(1.0 / self.temperature)), (), jnp.float32)
+    if self.bias_init is not None:
+      self.logit_bias = self.param("logit_bias", nn.initializers.constant(self.bias_init), (),
+                                   jnp.float32)
 
   def __call__(self, image, text, train: bool = True):
     """Returns ``(image_features (B, E), text_features (B, E), logit_scale ())``, float32."""
@@ -363,7 +369,8 @@ def build_clip(*, image_tower: str, embed_dim: int, vocab_size: int, context_len
                vision_width: int = 64, vision_heads: int = 0, vit_layers: int = 12,
                patch_size: int = 32, cnn_widths: Sequence[int] = (32, 64, 128),
                cnn_feature_dim: int = 256, text_width: int = 512, text_layers: int = 12,
-               text_heads: int = 8, activation: str = "gelu", dtype: Any = jnp.float32) -> CLIP:
+               text_heads: int = 8, activation: str = "gelu", dtype: Any = jnp.float32,
+               bias_init: float | None = None) -> CLIP:
   """A :class:`CLIP` from flat settings (what the config's ``model`` section holds).
 
   RN50 (CLIP): ``image_tower='modified_resnet', resnet_layers=(3, 4, 6, 3), vision_width=64,
@@ -385,4 +392,4 @@ def build_clip(*, image_tower: str, embed_dim: int, vocab_size: int, context_len
                      f"{', '.join(IMAGE_TOWERS)}.")
   text = TextTransformer(vocab_size, context_length, text_width, text_layers, text_heads,
                          embed_dim, activation, dtype)
-  return CLIP(image_tower=image, text_tower=text, temperature=temperature)
+  return CLIP(image_tower=image, text_tower=text, temperature=temperature, bias_init=bias_init)

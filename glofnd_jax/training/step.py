@@ -221,7 +221,8 @@ def make_bimodal_train_step(model: nn.Module, tx: optax.GradientTransformation,
       img, txt = sharding.constrain_batch(img, mesh), sharding.constrain_batch(txt, mesh)
       loss, aux = objectives.bimodal_objective(img, txt, batch["index_img"], batch["index_txt"],
                                                state.per_sample, epoch, logit_scale,
-                                               objective_config, batch.get("label"), rows)
+                                               objective_config, batch.get("label"), rows,
+                                               bias=params.get("logit_bias"), mesh=mesh)
       return loss, (aux, stats)
 
     return _differentiate_and_update(tx, state, loss_fn, epoch)
