@@ -9,6 +9,10 @@ the ``u`` update and the loss. Both return ``loss, ObjectiveAux`` so that
 gives the gradient and the new per-sample state in one call. Our trainers call exactly these
 functions, and the golden-vector tests replay the authors' step sequences through them.
 
+Detected false negatives are treated by ``config.treatment`` (:mod:`glofnd_jax.treatments`):
+removed (the default), attracted as extra positives, or down-weighted by ``sigmoid((lambda_i -
+s_ij) / tau_w)``.
+
 Several alphas at once: ``alphas=(a1, a2, ...)`` keeps one threshold state and one loss state per
 alpha (a tuple, one entry per alpha), computes each alpha's masked loss, and averages the losses.
 """
@@ -26,6 +30,7 @@ from glofnd_jax import detection
 from glofnd_jax import losses
 from glofnd_jax import similarity as sim
 from glofnd_jax import thresholds as thr
+from glofnd_jax import treatments
 
 sg = jax.lax.stop_gradient
 
@@ -61,6 +66,15 @@ def _merge_metrics(per_alpha: list[dict], configs) -> dict:
   return merged
 
 
+def _treatment_per_anchor(treatment: str, treated: treatments.Treated, suffix: str = "") -> dict:
+  """``(R, B)`` attracted counts (``attract``) or weight sums (``reweight``), per row."""
+  if treatment == "attract":
+    return {f"attracted{suffix}": jnp.sum(treated.attract, axis=-1)}
+  if treatment == "reweight":
+    return {f"weight_sum{suffix}": jnp.sum(treated.neg_weight, axis=-1)}
+  return {}
+
+
 # ----------------------------------------------------------------------------- unimodal
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +90,9 @@ class UnimodalConfig:
     gamma: SogCLR moving-average rate.
     quantile_metric: report ``batch_quantile_mean`` in every mode (see
       :func:`glofnd_jax.detection.detect`; costs a ``top_k`` per step).
+    treatment: what happens to detected false negatives, one of
+      :data:`glofnd_jax.treatments.TREATMENTS` (``remove``, ``attract``, ``reweight``).
+    tau_w: ``reweight``'s sigmoid temperature (similarity units).
   """
 
   loss: str = "sogclr"
@@ -85,6 +102,8 @@ class UnimodalConfig:
   temperature: float = 0.1
   gamma: float = 0.9
   quantile_metric: bool = False
+  treatment: str = "remove"
+  tau_w: float = 0.05
 
   def __post_init__(self):
     if self.loss not in losses.UNIMODAL_LOSSES:
@@ -95,6 +114,7 @@ class UnimodalConfig:
       raise ValueError(f"temperature={self.temperature!r} must be positive (e.g. 0.1).")
     if not 0.0 < self.gamma <= 1.0:
       raise ValueError(f"gamma={self.gamma!r} must lie in (0, 1] (SogCLR uses 0.9).")
+    treatments.check_treatment(self.treatment, self.tau_w)
     _alpha_configs(self.thresholds, self.alphas)  # validates every alpha
 
   @property
@@ -141,8 +161,9 @@ def unimodal_objective(h1: jax.Array, h2: jax.Array, index: jax.Array, state: Un
       (each device then builds only its anchors' rows of the mask). No effect on the numbers.
 
   Returns:
-    ``loss, ObjectiveAux``; ``per_anchor`` has ``kept`` ``(2, B)`` (kept negatives per row) and
-    ``below`` ``(2, B)`` (negatives at or under the threshold).
+    ``loss, ObjectiveAux``; ``per_anchor`` has ``kept`` ``(2, B)`` (kept negatives per row),
+    ``below`` ``(2, B)`` (negatives at or under the threshold), and with ``attract`` also
+    ``attracted`` ``(2, B)``, with ``reweight`` ``weight_sum`` ``(2, B)`` (the loss divisors).
   """
   batch = h1.shape[0]
   rows = constrain_rows or (lambda x: x)
@@ -156,14 +177,19 @@ def unimodal_objective(h1: jax.Array, h2: jax.Array, index: jax.Array, state: Un
     found = detection.detect(config.mode, sims, negatives, index, epoch, tconfig,
                              None if state.thresholds is None else state.thresholds[k],
                              labels, col_labels, quantile_metric=config.quantile_metric)
-    loss, (loss_state, loss_metrics) = loss_fn(h1, h2, index, state.loss[k], found.keep,
-                                               temperature=config.temperature, gamma=config.gamma)
+    treated = treatments.treat(config.treatment, sims, negatives, found.keep,
+                               found.threshold_rows, config.tau_w)
+    loss, (loss_state, loss_metrics) = loss_fn(h1, h2, index, state.loss[k], treated.neg_weight,
+                                               temperature=config.temperature, gamma=config.gamma,
+                                               attract=treated.attract)
     total = total + loss
     new_thresholds.append(found.thresholds)
     new_loss_states.append(loss_state)
-    per_alpha.append({"loss": loss, **found.metrics, **loss_metrics})
+    per_alpha.append({"loss": loss, **found.metrics, **loss_metrics,
+                      **treatments.metrics(config.treatment, treated, negatives)})
     if k == 0:
-      per_anchor = {"kept": jnp.sum(found.keep, axis=-1), "below": jnp.sum(found.below, axis=-1)}
+      per_anchor = {"kept": jnp.sum(found.keep, axis=-1), "below": jnp.sum(found.below, axis=-1),
+                    **_treatment_per_anchor(config.treatment, treated)}
 
   new_state = UnimodalState(
       thresholds=None if state.thresholds is None else tuple(new_thresholds),
@@ -190,6 +216,8 @@ class BimodalConfig:
     eps: added to ``u`` in the loss (1e-14).
     gamma_min, gamma_decay_epochs, gamma_schedule: the ``u`` rate schedule.
     quantile_metric: report ``batch_quantile_mean`` in every mode (costs a ``top_k`` per step).
+    treatment, tau_w: the treatment of detected false negatives (see :class:`UnimodalConfig`),
+      applied to both anchor directions.
   """
 
   version: str = "v3"
@@ -202,6 +230,8 @@ class BimodalConfig:
   gamma_decay_epochs: int = 18
   gamma_schedule: str = "cosine"
   quantile_metric: bool = False
+  treatment: str = "remove"
+  tau_w: float = 0.05
 
   def __post_init__(self):
     if self.version not in ("v1", "v3"):
@@ -211,6 +241,7 @@ class BimodalConfig:
       raise ValueError(f"gamma_min={self.gamma_min!r} must lie in (0, 1].")
     if self.gamma_schedule not in ("cosine", "constant"):
       raise ValueError(f"gamma_schedule={self.gamma_schedule!r}: use 'cosine' or 'constant'.")
+    treatments.check_treatment(self.treatment, self.tau_w)
     _alpha_configs(self.thresholds, self.alphas)
 
   @property
@@ -258,7 +289,8 @@ def bimodal_objective(img: jax.Array, txt: jax.Array, index_img: jax.Array, inde
 
   Returns:
     ``loss, ObjectiveAux``; ``per_anchor`` holds ``kept_img/kept_txt`` (the loss divisors),
-    ``below_img/below_txt``, ``mask_img/mask_txt`` ``(B, B)`` and ``g_img/g_txt``.
+    ``below_img/below_txt``, ``mask_img/mask_txt`` ``(B, B)`` and ``g_img/g_txt``; with
+    ``attract`` also ``attracted_img/attracted_txt``, with ``reweight`` ``weight_sum_img/_txt``.
   """
   batch = img.shape[0]
   gamma = losses.cosine_gamma(epoch, config.gamma_min, config.gamma_decay_epochs,
@@ -276,18 +308,25 @@ def bimodal_objective(img: jax.Array, txt: jax.Array, index_img: jax.Array, inde
     found_txt = detection.detect(config.mode, s_txt, negatives, index_txt, epoch, tconfig,
                                  state.thresholds_txt[k] if learned else None, labels, labels,
                                  quantile_metric=config.quantile_metric)
+    treated_img = treatments.treat(config.treatment, s_img, negatives, found_img.keep,
+                                   found_img.threshold_rows, config.tau_w)
+    treated_txt = treatments.treat(config.treatment, s_txt, negatives, found_txt.keep,
+                                   found_txt.threshold_rows, config.tau_w)
     loss, (loss_state, loss_metrics) = losses.fastclip_loss(
-        img, txt, index_img, index_txt, state.loss[k], found_img.keep, found_txt.keep,
-        logit_scale=logit_scale, gamma=gamma, version=config.version, rho=config.rho,
-        eps=config.eps)
+        img, txt, index_img, index_txt, state.loss[k], treated_img.neg_weight,
+        treated_txt.neg_weight, logit_scale=logit_scale, gamma=gamma, version=config.version,
+        rho=config.rho, eps=config.eps, attract_img=treated_img.attract,
+        attract_txt=treated_txt.attract)
     total = total + loss
     new_img.append(found_img.thresholds)
     new_txt.append(found_txt.thresholds)
     new_loss.append(loss_state)
     metrics = {"loss": loss, "u_img_mean": loss_metrics["u_img_mean"],
                "u_txt_mean": loss_metrics["u_txt_mean"]}
-    metrics.update({f"img/{n}": v for n, v in found_img.metrics.items()})
-    metrics.update({f"txt/{n}": v for n, v in found_txt.metrics.items()})
+    for side, found, treated in (("img", found_img, treated_img), ("txt", found_txt, treated_txt)):
+      side_metrics = {**found.metrics,
+                      **treatments.metrics(config.treatment, treated, negatives)}
+      metrics.update({f"{side}/{n}": v for n, v in side_metrics.items()})
     per_alpha.append(metrics)
     if k == 0:
       per_anchor = {
@@ -296,6 +335,9 @@ def bimodal_objective(img: jax.Array, txt: jax.Array, index_img: jax.Array, inde
           "below_txt": jnp.sum(found_txt.below[0], -1),
           "mask_img": found_img.keep[0], "mask_txt": found_txt.keep[0],
           "g_img": loss_metrics["g_img"], "g_txt": loss_metrics["g_txt"]}
+      for side, treated in (("img", treated_img), ("txt", treated_txt)):
+        rows_of = _treatment_per_anchor(config.treatment, treated, f"_{side}")
+        per_anchor.update({n: v[0] for n, v in rows_of.items()})
 
   learned = state.thresholds_img is not None
   new_state = BimodalState(thresholds_img=tuple(new_img) if learned else None,
