@@ -14,7 +14,7 @@ import pathlib
 import ml_collections
 
 from glofnd_jax import augment as augment_lib
-from glofnd_jax import detection, objectives, thresholds
+from glofnd_jax import detection, objectives, thresholds, treatments
 
 
 def glofnd_section(**overrides) -> ml_collections.ConfigDict:
@@ -35,6 +35,8 @@ def glofnd_section(**overrides) -> ml_collections.ConfigDict:
   g.normalize_by_alpha = False
   g.per_sample_steps = False
   g.quantile_metric = False    # log batch_quantile_mean in every mode (a top_k per step)
+  g.treatment = "remove"       # remove | attract (flagged -> positives) | reweight (soft weights)
+  g.tau_w = 0.05               # reweight: w_ij = sigmoid((lambda_i - s_ij) / tau_w)
   for key, value in overrides.items():
     if key not in g:
       raise KeyError(f"glofnd_section: unknown field glofnd.{key}")
@@ -149,6 +151,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(0 < config.glofnd.alpha < 1, "glofnd.alpha", config.glofnd.alpha,
            "alpha is the fraction of negatives treated as false negatives; it must lie in "
            "(0, 1), e.g. 0.01.")
+  _require(config.glofnd.treatment in treatments.TREATMENTS, "glofnd.treatment",
+           config.glofnd.treatment, f"choose one of {', '.join(treatments.TREATMENTS)}.")
+  _require(config.glofnd.tau_w > 0, "glofnd.tau_w", config.glofnd.tau_w,
+           "reweight's sigmoid temperature must be positive, e.g. 0.05.")
   for alpha in config.glofnd.alphas:
     _require(0 < alpha < 1, "glofnd.alphas", tuple(config.glofnd.alphas),
              f"every alpha must lie in (0, 1), and {alpha!r} does not; e.g. (0.01, 0.02).")
@@ -215,7 +221,8 @@ def unimodal_objective_config(config) -> objectives.UnimodalConfig:
       loss=config.loss.name, mode=config.glofnd.mode, thresholds=threshold_config(config),
       alphas=tuple(float(a) for a in config.glofnd.alphas),
       temperature=config.loss.temperature, gamma=config.loss.gamma,
-      quantile_metric=bool(config.glofnd.quantile_metric))
+      quantile_metric=bool(config.glofnd.quantile_metric),
+      treatment=config.glofnd.treatment, tau_w=float(config.glofnd.tau_w))
 
 
 def augment_config(config):
