@@ -5,7 +5,8 @@ The functional API, in the order a train step uses it:
 * :mod:`glofnd_jax.similarity`  cosine-similarity rows and negative masks, ``(R, B, C)``.
 * :mod:`glofnd_jax.thresholds`  per-sample lambda, its quantile gradient and row-wise Adam.
 * :mod:`glofnd_jax.detection`   keep-masks for every detection mode, diagnostics.
-* :mod:`glofnd_jax.losses`      SimCLR, SogCLR and FastCLIP v1/v3 with a keep-mask.
+* :mod:`glofnd_jax.treatments`  what a loss does with flagged negatives: remove, attract, reweight.
+* :mod:`glofnd_jax.losses`      SimCLR, SogCLR and FastCLIP v1/v3 with weighted negatives.
 * :mod:`glofnd_jax.siglip`      SigLIP's sigmoid loss with GloFND, dense or as a device ring.
 * :mod:`glofnd_jax.objectives`  detection + loss in one differentiable function.
 * :mod:`glofnd_jax.per_sample`  gather/scatter of per-sample arrays by global index.
@@ -21,5 +22,6 @@ from glofnd_jax.objectives import (BimodalConfig, BimodalState, ObjectiveAux, Un
 from glofnd_jax.thresholds import (ThresholdConfig, ThresholdState, batch_quantile,
                                    init_thresholds, moments, threshold_grad, threshold_optimizer,
                                    update_thresholds, update_thresholds_from_counts)
+from glofnd_jax.treatments import TREATMENTS, Treated, treat
 
 __version__ = "0.1.0"

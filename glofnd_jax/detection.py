@@ -44,12 +44,17 @@ class Detection(NamedTuple):
     keep: ``(R, B, C)`` bool mask of negatives the loss uses this step.
     below: ``(R, B, C)`` bool, what the detector would keep, whether or not the mask is active.
     metrics: scalar diagnostics.
+    threshold_rows: ``(B,)`` the thresholds ``keep`` compared against (lambda rows for the
+      learned modes, the batch quantile for ``fnd``), ``+inf`` while the mask is inactive, so
+      ``keep == keep_mask(sims, negatives, threshold_rows)``; ``None`` for ``none`` and
+      ``oracle``, which have no threshold. What :func:`glofnd_jax.treatments.treat` reweights by.
   """
 
   thresholds: thr.ThresholdState | None
   keep: jax.Array
   below: jax.Array
   metrics: dict
+  threshold_rows: jax.Array | None = None
 
 
 def detect(mode: str, sims: jax.Array, negatives: jax.Array, index: jax.Array, epoch,
@@ -79,7 +84,7 @@ def detect(mode: str, sims: jax.Array, negatives: jax.Array, index: jax.Array, e
   check_mode(mode)
   sims = jax.lax.stop_gradient(sims)
   epoch = jnp.asarray(epoch, jnp.int32)
-  metrics = {}
+  metrics, threshold_rows = {}, None
   if mode == "none":
     below = negatives
   elif mode in LEARNED_MODES:
@@ -88,10 +93,12 @@ def detect(mode: str, sims: jax.Array, negatives: jax.Array, index: jax.Array, e
     state, lam_rows = thr.update_thresholds(state, sims, negatives, index, epoch, config,
                                             shared=mode == "glofnd_shared")
     below = keep_mask(sims, negatives, lam_rows)
+    threshold_rows = lam_rows
     metrics["lambda_mean"] = jnp.mean(lam_rows)
   elif mode == "fnd":
     quantile = thr.batch_quantile(sims, negatives, 1.0 - config.alpha)
     below = keep_mask(sims, negatives, quantile)
+    threshold_rows = quantile
     metrics["batch_quantile_mean"] = jnp.nanmean(quantile)
   else:  # oracle
     if row_labels is None or col_labels is None:
@@ -100,9 +107,12 @@ def detect(mode: str, sims: jax.Array, negatives: jax.Array, index: jax.Array, e
 
   mask_active = epoch >= config.start_mask
   keep = jnp.where(mask_active, below, negatives)
+  if threshold_rows is not None:
+    threshold_rows = jnp.where(mask_active, threshold_rows, jnp.inf)
   metrics.update(diagnostics(sims, negatives, keep, below, config.alpha, row_labels, col_labels,
                              with_quantile=quantile_metric and mode != "fnd"))
-  return Detection(thresholds=state, keep=keep, below=below, metrics=metrics)
+  return Detection(thresholds=state, keep=keep, below=below, metrics=metrics,
+                   threshold_rows=threshold_rows)
 
 
 def diagnostics(sims, negatives, keep, below, alpha, row_labels=None, col_labels=None,

@@ -9,6 +9,10 @@ the ``u`` update and the loss. Both return ``loss, ObjectiveAux`` so that
 gives the gradient and the new per-sample state in one call. Our trainers call exactly these
 functions, and the golden-vector tests replay the authors' step sequences through them.
 
+Detected false negatives are treated by ``config.treatment`` (:mod:`glofnd_jax.treatments`):
+removed (the default), attracted as extra positives, or down-weighted by ``sigmoid((lambda_i -
+s_ij) / tau_w)``.
+
 Several alphas at once: ``alphas=(a1, a2, ...)`` keeps one threshold state and one loss state per
 alpha (a tuple, one entry per alpha), computes each alpha's masked loss, and averages the losses.
 """
@@ -25,6 +29,7 @@ from flax import struct
 from glofnd_jax import detection, losses, siglip
 from glofnd_jax import similarity as sim
 from glofnd_jax import thresholds as thr
+from glofnd_jax import treatments
 
 sg = jax.lax.stop_gradient
 
@@ -60,6 +65,15 @@ def _merge_metrics(per_alpha: list[dict], configs) -> dict:
   return merged
 
 
+def _treatment_per_anchor(treatment: str, treated: treatments.Treated, suffix: str = "") -> dict:
+  """``(R, B)`` attracted counts (``attract``) or weight sums (``reweight``), per row."""
+  if treatment == "attract":
+    return {f"attracted{suffix}": jnp.sum(treated.attract, axis=-1)}
+  if treatment == "reweight":
+    return {f"weight_sum{suffix}": jnp.sum(treated.neg_weight, axis=-1)}
+  return {}
+
+
 # ----------------------------------------------------------------------------- unimodal
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +89,9 @@ class UnimodalConfig:
     gamma: SogCLR moving-average rate.
     quantile_metric: report ``batch_quantile_mean`` in every mode (see
       :func:`glofnd_jax.detection.detect`; costs a ``top_k`` per step).
+    treatment: what happens to detected false negatives, one of
+      :data:`glofnd_jax.treatments.TREATMENTS` (``remove``, ``attract``, ``reweight``).
+    tau_w: ``reweight``'s sigmoid temperature (similarity units).
   """
 
   loss: str = "sogclr"
@@ -84,6 +101,7 @@ class UnimodalConfig:
   temperature: float = 0.1
   gamma: float = 0.9
   quantile_metric: bool = False
+  tau_w: float = 0.05
 
   def __post_init__(self):
     if self.loss not in losses.UNIMODAL_LOSSES:
@@ -94,6 +112,7 @@ class UnimodalConfig:
       raise ValueError(f"temperature={self.temperature!r} must be positive (e.g. 0.1).")
     if not 0.0 < self.gamma <= 1.0:
       raise ValueError(f"gamma={self.gamma!r} must lie in (0, 1] (SogCLR uses 0.9).")
+    treatments.check_treatment(self.treatment, self.tau_w)
     _alpha_configs(self.thresholds, self.alphas)  # validates every alpha
 
   @property
@@ -140,8 +159,9 @@ def unimodal_objective(h1: jax.Array, h2: jax.Array, index: jax.Array, state: Un
       (each device then builds only its anchors' rows of the mask). No effect on the numbers.
 
   Returns:
-    ``loss, ObjectiveAux``; ``per_anchor`` has ``kept`` ``(2, B)`` (kept negatives per row) and
-    ``below`` ``(2, B)`` (negatives at or under the threshold).
+    ``loss, ObjectiveAux``; ``per_anchor`` has ``kept`` ``(2, B)`` (kept negatives per row),
+    ``below`` ``(2, B)`` (negatives at or under the threshold), and with ``attract`` also
+    ``attracted`` ``(2, B)``, with ``reweight`` ``weight_sum`` ``(2, B)`` (the loss divisors).
   """
   batch = h1.shape[0]
   rows = constrain_rows or (lambda x: x)
@@ -155,14 +175,19 @@ def unimodal_objective(h1: jax.Array, h2: jax.Array, index: jax.Array, state: Un
     found = detection.detect(config.mode, sims, negatives, index, epoch, tconfig,
                              None if state.thresholds is None else state.thresholds[k],
                              labels, col_labels, quantile_metric=config.quantile_metric)
-    loss, (loss_state, loss_metrics) = loss_fn(h1, h2, index, state.loss[k], found.keep,
-                                               temperature=config.temperature, gamma=config.gamma)
+    treated = treatments.treat(config.treatment, sims, negatives, found.keep,
+                               found.threshold_rows, config.tau_w)
+    loss, (loss_state, loss_metrics) = loss_fn(h1, h2, index, state.loss[k], treated.neg_weight,
+                                               temperature=config.temperature, gamma=config.gamma,
+                                               attract=treated.attract)
     total = total + loss
     new_thresholds.append(found.thresholds)
     new_loss_states.append(loss_state)
-    per_alpha.append({"loss": loss, **found.metrics, **loss_metrics})
+    per_alpha.append({"loss": loss, **found.metrics, **loss_metrics,
+                      **treatments.metrics(config.treatment, treated, negatives)})
     if k == 0:
-      per_anchor = {"kept": jnp.sum(found.keep, axis=-1), "below": jnp.sum(found.below, axis=-1)}
+      per_anchor = {"kept": jnp.sum(found.keep, axis=-1), "below": jnp.sum(found.below, axis=-1),
+                    **_treatment_per_anchor(config.treatment, treated)}
 
   new_state = UnimodalState(
       thresholds=None if state.thresholds is None else tuple(new_thresholds),
@@ -184,8 +209,9 @@ class BimodalConfig:
       :mod:`glofnd_jax.siglip`; ``version``, ``rho``, ``eps`` and the gamma schedule unused).
     impl: SigLIP's implementation: ``"dense"`` (each device its anchor rows against all columns)
       or ``"ring"`` (chunks passed around the mesh's data axis; needs ``mesh=``).
-    treatment: what SigLIP does with flagged negatives: ``"remove"`` or ``"attract"``
-      (FastCLIP: ``"remove"`` only).
+    treatment: what happens to flagged negatives (:data:`glofnd_jax.treatments.TREATMENTS`,
+      applied to both anchor directions; SigLIP: ``"remove"`` or ``"attract"``).
+    tau_w: ``reweight``'s sigmoid temperature.
     version: ``"v1"`` (constant temperature, FastCLIP-v1 / bimodal SogCLR) or ``"v3"``
       (learnable global temperature, ``multiply_tau``).
     mode: detection mode.
@@ -210,6 +236,7 @@ class BimodalConfig:
   gamma_decay_epochs: int = 18
   gamma_schedule: str = "cosine"
   quantile_metric: bool = False
+  tau_w: float = 0.05
 
   def __post_init__(self):
     if self.loss not in ("fastclip", "siglip"):
@@ -218,10 +245,12 @@ class BimodalConfig:
       raise ValueError(f"version {self.version!r} is unknown; use 'v1' or 'v3'.")
     detection.check_mode(self.mode)
     siglip.check_impl(self.impl, self.mode)
-    siglip.check_treatment(self.treatment)
-    if self.loss == "fastclip" and (self.impl, self.treatment) != ("dense", "remove"):
-      raise ValueError(f"impl={self.impl!r}, treatment={self.treatment!r}: FastCLIP runs "
-                       "impl='dense' with treatment='remove'; the others need loss='siglip'.")
+    treatments.check_treatment(self.treatment, self.tau_w)
+    if self.loss == "siglip":
+      siglip.check_treatment(self.treatment)
+    elif self.impl != "dense":
+      raise ValueError(f"impl={self.impl!r}: FastCLIP runs impl='dense'; the ring needs "
+                       "loss='siglip'.")
     if self.impl == "ring" and (self.quantile_metric or self.thresholds.init_quantile):
       raise ValueError("impl='ring' never holds whole similarity rows: set quantile_metric=False "
                        "and thresholds.init_quantile=False (or use impl='dense').")
@@ -282,7 +311,8 @@ def bimodal_objective(img: jax.Array, txt: jax.Array, index_img: jax.Array, inde
 
   Returns:
     ``loss, ObjectiveAux``; ``per_anchor`` holds ``kept_img/kept_txt`` (the loss divisors),
-    ``below_img/below_txt``; dense: ``mask_img/mask_txt`` ``(B, B)``; FastCLIP: ``g_img/g_txt``.
+    ``below_img/below_txt``; dense: ``mask_img/mask_txt`` ``(B, B)``; FastCLIP: ``g_img/g_txt``, with
+    ``attract`` also ``attracted_img/attracted_txt``, with ``reweight`` ``weight_sum_img/_txt``.
   """
   batch = img.shape[0]
   is_siglip = config.loss == "siglip"
@@ -315,7 +345,7 @@ def bimodal_objective(img: jax.Array, txt: jax.Array, index_img: jax.Array, inde
       found_txt = detection.detect(config.mode, s_txt, negatives, index_txt, epoch, tconfig,
                                    thr_txt, labels, labels, quantile_metric=config.quantile_metric)
       thr_img, thr_txt = found_img.thresholds, found_txt.thresholds
-      img_metrics, txt_metrics = found_img.metrics, found_txt.metrics
+      img_metrics, txt_metrics = dict(found_img.metrics), dict(found_txt.metrics)
       anchors = {
           "kept_img": jnp.sum(found_img.keep[0], -1), "kept_txt": jnp.sum(found_txt.keep[0], -1),
           "below_img": jnp.sum(found_img.below[0], -1),
@@ -327,11 +357,21 @@ def bimodal_objective(img: jax.Array, txt: jax.Array, index_img: jax.Array, inde
         loss = siglip.siglip_loss(img, txt, logit_scale=logit_scale, bias=bias,
                                   neg_weight=neg_weight, attract=attract)
       else:
+        treated_img = treatments.treat(config.treatment, s_img, negatives, found_img.keep,
+                                       found_img.threshold_rows, config.tau_w)
+        treated_txt = treatments.treat(config.treatment, s_txt, negatives, found_txt.keep,
+                                       found_txt.threshold_rows, config.tau_w)
         loss, (loss_state, loss_metrics) = losses.fastclip_loss(
-            img, txt, index_img, index_txt, state.loss[k], found_img.keep, found_txt.keep,
-            logit_scale=logit_scale, gamma=gamma, version=config.version, rho=config.rho,
-            eps=config.eps)
+            img, txt, index_img, index_txt, state.loss[k], treated_img.neg_weight,
+            treated_txt.neg_weight, logit_scale=logit_scale, gamma=gamma,
+            version=config.version, rho=config.rho, eps=config.eps,
+            attract_img=treated_img.attract, attract_txt=treated_txt.attract)
         anchors.update(g_img=loss_metrics["g_img"], g_txt=loss_metrics["g_txt"])
+        for side, treated in (("img", treated_img), ("txt", treated_txt)):
+          side_metrics = treatments.metrics(config.treatment, treated, negatives)
+          (img_metrics if side == "img" else txt_metrics).update(side_metrics)
+          rows_of = _treatment_per_anchor(config.treatment, treated, f"_{side}")
+          anchors.update({n: v[0] for n, v in rows_of.items()})
     total = total + loss
     new_img.append(thr_img)
     new_txt.append(thr_txt)

@@ -1,6 +1,7 @@
 """Subprocess worker for the scale-out tests (needs its own device count, set before jax import).
 
     python tests/scaling_worker.py sharding OUT.npz       # 8 vs 1 device, duplicates, recompiles
+    python tests/scaling_worker.py treatments OUT.npz     # 8 vs 1 device, attract / reweight
     python tests/scaling_worker.py hlo OUT_DIR            # compiled HLO texts of the steps
     python tests/scaling_worker.py multihost OUT.npz PROCESS_ID NUM_PROCESSES PORT
     python tests/scaling_worker.py single OUT.npz         # single-process reference of multihost
@@ -12,6 +13,7 @@ for ``multihost``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import sys
@@ -88,6 +90,31 @@ CASES = {
                                                    start_mask=0))),
 }
 SHARDING_CASES = ("sogclr", "simclr", "fastclip_v3")
+
+# Treatments of the flagged negatives, masking from the first step; the detectors vary so that
+# every one of them feeds a treatment once. name: (loss, detection mode, treatment).
+TREATMENT_CASES = {
+    "sogclr_attract": ("sogclr", "glofnd", "attract"),
+    "sogclr_reweight": ("sogclr", "glofnd_shared", "reweight"),
+    "simclr_attract": ("simclr", "oracle", "attract"),
+    "simclr_reweight": ("simclr", "fnd", "reweight"),
+    "fastclip_v3_attract": ("fastclip_v3", "glofnd", "attract"),
+    "fastclip_v3_reweight": ("fastclip_v3", "glofnd", "reweight"),
+}
+TREATMENT_STEPS = 3
+
+
+def _treatment_case(loss: str, mode: str, treatment: str) -> dict:
+  tconfig = threshold_config(init_quantile=False, lam_init=0.2, start_mask=0)
+  if loss == "fastclip_v3":
+    return dict(kind="bimodal", augment=False, config=objectives.BimodalConfig(
+        version="v3", mode=mode, thresholds=dataclasses.replace(tconfig, eps=1e-14),
+        gamma_decay_epochs=2, treatment=treatment))
+  return dict(kind="unimodal", augment=loss == "simclr", config=objectives.UnimodalConfig(
+      loss=loss, mode=mode, thresholds=tconfig, temperature=0.1, treatment=treatment))
+
+
+CASES.update({name: _treatment_case(*spec) for name, spec in TREATMENT_CASES.items()})
 
 
 def dataset(seed: int = 0):
@@ -241,17 +268,35 @@ def mode_sharding(out_path: str):
   pathlib.Path(out_path).with_suffix(".json").write_text(json.dumps(creation_case(mesh8)))
 
 
-def hlo_text(kind: str, mesh, num_samples: int, global_batch: int, bad: bool = False) -> str:
+def mode_treatments(out_path: str):
+  assert jax.device_count() == 8, jax.devices()
+  mesh8, mesh1 = sharding.make_mesh(), sharding.make_mesh(jax.devices()[:1])
+  arrays, specs = {}, {}
+  for case, (loss, mode, treatment) in TREATMENT_CASES.items():
+    spec = CASES[case]
+    batches = global_batches(spec["kind"], spec["augment"], steps=TREATMENT_STEPS)
+    for tag, mesh in (("d8", mesh8), ("d1", mesh1)):
+      t0 = time.time()
+      arrays.update({f"{case}/{tag}/{k}": v for k, v in run_steps(case, mesh, batches).items()
+                     if not k.startswith("compile_events")})
+      print(f"{case} {tag}: {time.time() - t0:.1f}s", file=sys.stderr)
+    specs[case] = {"loss": loss, "mode": mode, "treatment": treatment}
+  np.savez(out_path, **arrays)
+  pathlib.Path(out_path).with_suffix(".json").write_text(json.dumps(specs))
+
+
+def hlo_text(kind: str, mesh, num_samples: int, global_batch: int, bad: bool = False,
+             loss: str = "sogclr", treatment: str = "remove") -> str:
   """Compiled HLO of a train step; ``bad`` all-gathers lambda first (must be caught)."""
   if kind == "unimodal":
-    config = objectives.UnimodalConfig(loss="sogclr")
+    config = objectives.UnimodalConfig(loss=loss, treatment=treatment)
     model, sample = TinyEncoder(), np.zeros((2, IN_DIM), np.float32)
     batch = {"view1": np.zeros((global_batch, IN_DIM), np.float32),
              "view2": np.zeros((global_batch, IN_DIM), np.float32),
              "index": np.zeros((global_batch,), np.int32)}
     make = ts.make_unimodal_train_step
   else:
-    config = objectives.BimodalConfig(version="v3")
+    config = objectives.BimodalConfig(version="v3", treatment=treatment)
     model = TinyCLIP()
     sample = (np.zeros((2, IN_DIM), np.float32), np.zeros((2, IN_DIM), np.float32))
     batch = {"image": np.zeros((global_batch, IN_DIM), np.float32),
@@ -282,6 +327,14 @@ def hlo_text(kind: str, mesh, num_samples: int, global_batch: int, bad: bool = F
   return step.lower(abstract, batch).compile().as_text()
 
 
+# The treatment paths of the compiled steps. name: (kind, unimodal loss or None, treatment).
+HLO_TREATMENT_PROGRAMS = {
+    f"{prefix}_{treatment}": (kind, loss, treatment)
+    for prefix, kind, loss in (("unimodal", "unimodal", "sogclr"), ("simclr", "unimodal", "simclr"),
+                               ("bimodal", "bimodal", None))
+    for treatment in ("attract", "reweight")}
+
+
 def mode_hlo(out_dir: str):
   assert jax.device_count() == 8, jax.devices()
   out = pathlib.Path(out_dir)
@@ -290,6 +343,9 @@ def mode_hlo(out_dir: str):
   (out / "unimodal.hlo").write_text(hlo_text("unimodal", mesh, num_samples, global_batch))
   (out / "bimodal.hlo").write_text(hlo_text("bimodal", mesh, num_samples, global_batch))
   (out / "bad.hlo").write_text(hlo_text("unimodal", mesh, num_samples, global_batch, bad=True))
+  for name, (kind, loss, treatment) in HLO_TREATMENT_PROGRAMS.items():
+    (out / f"{name}.hlo").write_text(hlo_text(kind, mesh, num_samples, global_batch,
+                                              loss=loss or "sogclr", treatment=treatment))
   (out / "meta.json").write_text(json.dumps({
       "num_samples": num_samples, "padded": sharding.padded_size(num_samples, mesh),
       "devices": jax.device_count(), "global_batch": global_batch}))
@@ -341,6 +397,8 @@ if __name__ == "__main__":
   mode, args = sys.argv[1], sys.argv[2:]
   if mode == "sharding":
     mode_sharding(*args)
+  elif mode == "treatments":
+    mode_treatments(*args)
   elif mode == "hlo":
     mode_hlo(*args)
   elif mode == "multihost":

@@ -12,7 +12,7 @@ import pathlib
 
 import ml_collections
 
-from glofnd_jax import detection, thresholds
+from glofnd_jax import detection, thresholds, treatments
 from glofnd_jax.training import nonfinite as nonfinite_lib
 
 
@@ -34,6 +34,8 @@ def glofnd_section(**overrides) -> ml_collections.ConfigDict:
   g.normalize_by_alpha = False
   g.per_sample_steps = False
   g.quantile_metric = False    # log batch_quantile_mean in every mode (a top_k per step)
+  g.treatment = "remove"       # remove | attract (flagged -> positives) | reweight (soft weights)
+  g.tau_w = 0.05               # reweight: w_ij = sigmoid((lambda_i - s_ij) / tau_w)
   for key, value in overrides.items():
     if key not in g:
       raise KeyError(f"glofnd_section: unknown field glofnd.{key}")
@@ -71,6 +73,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(0 < config.glofnd.alpha < 1, "glofnd.alpha", config.glofnd.alpha,
            "alpha is the fraction of negatives treated as false negatives; it must lie in "
            "(0, 1), e.g. 0.01.")
+  _require(config.glofnd.treatment in treatments.TREATMENTS, "glofnd.treatment",
+           config.glofnd.treatment, f"choose one of {', '.join(treatments.TREATMENTS)}.")
+  _require(config.glofnd.tau_w > 0, "glofnd.tau_w", config.glofnd.tau_w,
+           "reweight's sigmoid temperature must be positive, e.g. 0.05.")
   for alpha in config.glofnd.alphas:
     _require(0 < alpha < 1, "glofnd.alphas", tuple(config.glofnd.alphas),
              f"every alpha must lie in (0, 1), and {alpha!r} does not; e.g. (0.01, 0.02).")

@@ -184,7 +184,8 @@ def bimodal_objective_config(config) -> objectives.BimodalConfig:
       thresholds=config_common.threshold_config(config),
       alphas=tuple(float(a) for a in config.glofnd.alphas), rho=l.rho, eps=l.eps,
       gamma_min=l.gamma_min, gamma_decay_epochs=l.gamma_decay_epochs,
-      gamma_schedule=l.gamma_schedule, quantile_metric=bool(config.glofnd.quantile_metric))
+      gamma_schedule=l.gamma_schedule, quantile_metric=bool(config.glofnd.quantile_metric),
+      treatment=config.glofnd.treatment, tau_w=float(config.glofnd.tau_w))
 
 
 def build_model(config, vocab_size: int) -> clip_models.CLIP:

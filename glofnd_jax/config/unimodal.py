@@ -94,7 +94,8 @@ def unimodal_objective_config(config) -> objectives.UnimodalConfig:
       loss=config.loss.name, mode=config.glofnd.mode, thresholds=threshold_config(config),
       alphas=tuple(float(a) for a in config.glofnd.alphas),
       temperature=config.loss.temperature, gamma=config.loss.gamma,
-      quantile_metric=bool(config.glofnd.quantile_metric))
+      quantile_metric=bool(config.glofnd.quantile_metric),
+      treatment=config.glofnd.treatment, tau_w=float(config.glofnd.tau_w))
 
 
 def augment_config(config):
