@@ -1,33 +1,41 @@
 """Feature extraction with a frozen network: the only place evaluation touches a model.
 
-Evaluation (kNN, linear probe, transfer, false-negative and lambda diagnostics) works on the
-numpy arrays this returns. The network's variables enter a jitted function as a plain,
-non-donated argument behind ``jax.lax.stop_gradient``, and nothing is returned but features, so
-no evaluation code can change or fine-tune the backbone.
+Every evaluator embeds through :func:`extract_features`, the one batching loop: over arrays of
+any batch sizes (regrouped and zero-padded here) or over a data pipeline's padded batch dicts.
+Evaluation (kNN, linear probe, transfer, retrieval, zero-shot, false-negative and lambda
+diagnostics) works on the numpy arrays it returns. The network's variables enter a jitted
+function as a plain, non-donated argument behind ``jax.lax.stop_gradient``, and nothing is
+returned but features, so no evaluation code can change or fine-tune the backbone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from glofnd_jax import similarity
 
-def frozen_feature_fn(apply_fn: Callable[[Any, jax.Array], jax.Array]) -> Callable:
-  """Jitted ``(variables, images) -> features`` with no gradient path to ``variables``.
+
+def frozen_feature_fn(apply_fn: Callable[..., Any]) -> Callable:
+  """Jitted ``(variables, *inputs) -> features`` with no gradient path to ``variables``.
 
   ``stop_gradient`` on the inputs and the output makes the derivative with respect to the
-  variables exactly zero, even if a caller differentiates through it.
+  variables exactly zero, even if a caller differentiates through it. The result can be handed
+  to :func:`extract_features` in place of ``apply_fn``: reusing it across calls compiles once
+  per batch shape.
   """
 
-  def features(variables, images):
+  def features(variables, *inputs):
     variables = jax.lax.stop_gradient(variables)
-    return jax.lax.stop_gradient(apply_fn(variables, images))
+    return jax.lax.stop_gradient(apply_fn(variables, *inputs))
 
-  return jax.jit(features)
+  frozen = jax.jit(features)
+  frozen.is_frozen_feature_fn = True
+  return frozen
 
 
 def _rebatch(images_iterable, batch_size: int):
@@ -50,31 +58,83 @@ def _rebatch(images_iterable, batch_size: int):
     yield np.pad(joined, padding), pending_count
 
 
-def extract_features(apply_fn: Callable[[Any, jax.Array], jax.Array], params_and_state: Any,
-                     images_iterable: Iterable | np.ndarray, batch_size: int = 256) -> np.ndarray:
-  """Features of every image, computed by a frozen network, as one float32 numpy array.
+def _array_batches(images_iterable, batch_size: int):
+  """Arrays regrouped into ``batch_size`` rows: ``(inputs, keep, carried)`` per batch."""
+  for batch, num_valid in _rebatch(images_iterable, batch_size):
+    yield (batch,), np.arange(batch_size) < num_valid, {}
+
+
+def _dict_batches(batches, inputs: Sequence[str], valid: str, carry: Sequence[str]):
+  """A pipeline's padded batch dicts (padding rows have ``batch[valid] < 0``), as above."""
+  for batch in batches:
+    yield (tuple(batch[name] for name in inputs), np.asarray(batch[valid]) >= 0,
+           {name: batch[name] for name in carry})
+
+
+def extract_features(apply_fn: Callable[..., Any], params_and_state: Any,
+                     batches: Iterable | np.ndarray, batch_size: int = 256, *,
+                     inputs: Sequence[str] | None = None, valid: str = "index",
+                     carry: Sequence[str] = ()):
+  """Features of every example, computed by a frozen network, as float32 numpy arrays.
+
+  Two kinds of ``batches``:
+
+  * arrays (``inputs=None``): an array ``(N, ...)`` or an iterable of arrays ``(n_i, ...)`` of
+    any batch sizes; rows are regrouped into batches of ``batch_size`` (the last zero-padded) so
+    the jit compiles once, and ``apply_fn(params_and_state, x)`` is called on each.
+  * a data pipeline's batch dicts (``inputs`` names the fields handed to ``apply_fn``, in
+    order): batches come as they are (``drop_remainder=False`` pads the last one, marking its
+    padding rows with ``batch[valid] < 0``, which are dropped); ``batch_size`` is unused.
 
   Args:
-    apply_fn: ``(params_and_state, images (b, ...)) -> features (b, d)`` in inference mode, e.g.
+    apply_fn: ``(params_and_state, *inputs) -> features`` in inference mode, any pytree of
+      ``(b, ...)`` arrays (e.g. a ``(features, projections)`` pair), e.g.
       ``lambda v, x: model.apply(v, x, train=False)`` for Linen, or
       ``lambda state, x: nnx.merge(graphdef, state)(x)`` for NNX (BatchNorm must use running
-      averages: the last batch is zero-padded, and padding must not change the other rows).
+      averages: padding rows must not change the other rows). A function from
+      :func:`frozen_feature_fn` is used as it is (reuse it: one compilation).
     params_and_state: the variables pytree handed to ``apply_fn`` (params, batch stats, ...). It
       is only read: never donated, never updated.
-    images_iterable: an array ``(N, ...)`` or an iterable of arrays ``(n_i, ...)`` of any batch
-      sizes; rows are regrouped into batches of ``batch_size`` so the jit compiles once.
-    batch_size: rows per call to ``apply_fn``.
+    batches: see above.
+    batch_size: rows per call to ``apply_fn`` (arrays only).
+    inputs: batch-dict fields passed to ``apply_fn``; None for arrays.
+    valid: the batch-dict field whose negative entries mark padding rows.
+    carry: batch-dict fields returned as they are (padding rows dropped), e.g. labels.
 
   Returns:
-    ``(N, d)`` float32 numpy features in input order (``(0,)`` if there were no images).
+    Arrays: the features in input order, ``apply_fn``'s output structure with every leaf an
+    ``(N, ...)`` float32 numpy array (a plain ``(0,)`` array if there were no images). Batch
+    dicts: ``(features, {name: (N, ...) numpy array for name in carry})``.
   """
-  if batch_size < 1:
-    raise ValueError(f"extract_features batch_size={batch_size!r} must be >= 1.")
-  features_fn = frozen_feature_fn(apply_fn)
-  outputs = []
-  for batch, num_valid in _rebatch(images_iterable, batch_size):
-    features = features_fn(params_and_state, jnp.asarray(batch))
-    outputs.append(np.asarray(features, dtype=np.float32)[:num_valid])
-  if not outputs:
+  if inputs is None:
+    if batch_size < 1:
+      raise ValueError(f"extract_features batch_size={batch_size!r} must be >= 1.")
+    padded = _array_batches(batches, batch_size)
+  else:
+    padded = _dict_batches(batches, tuple(inputs), valid, tuple(carry))
+  features_fn = (apply_fn if getattr(apply_fn, "is_frozen_feature_fn", False)
+                 else frozen_feature_fn(apply_fn))
+  outputs, carried = [], {name: [] for name in carry}
+  for batch_inputs, keep, fields in padded:
+    features = features_fn(params_and_state, *(jnp.asarray(x) for x in batch_inputs))
+    outputs.append(jax.tree.map(lambda f: np.asarray(f, dtype=np.float32)[keep], features))
+    for name, value in fields.items():
+      carried[name].append(np.asarray(value)[keep])
+  if inputs is None and not outputs:
     return np.zeros((0,), np.float32)
-  return np.concatenate(outputs)
+  if not outputs:
+    raise ValueError("extract_features: the batch iterator yielded no batches (empty source?).")
+  features = jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
+  if inputs is None:
+    return features
+  return features, {name: np.concatenate(parts) for name, parts in carried.items()}
+
+
+def normalized(features) -> np.ndarray:
+  """Row-wise L2-normalised float32 numpy copy of ``(N, d)`` features (as the training loss)."""
+  return np.asarray(similarity.l2_normalize(jnp.asarray(features, jnp.float32)))
+
+
+def state_variables(state) -> dict:
+  """The variables a train state's model is applied with: ``params`` and ``batch_stats``."""
+  return {"params": state.params, "batch_stats": state.batch_stats}

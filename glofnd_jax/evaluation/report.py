@@ -1,5 +1,10 @@
 """Evaluation results: one dict, written as ``results.json`` and printed as a plain-text table.
 
+Both evaluators (:mod:`~glofnd_jax.evaluation.unimodal`, :mod:`~glofnd_jax.evaluation.image_text`)
+build it with :func:`build_results` and publish it with :func:`write_and_print`; the one table
+formatter, :func:`format_table`, prints whichever sections the dict has (image-text sections
+with a chance column).
+
 ``results.json`` holds one JSON object. Every section is optional (absent when not evaluated).
 Accuracies, precisions, recalls and fractions are in [0, 1] (the table prints percentages).
 A value that is undefined (NaN, e.g. precision when nothing is flagged) is written as ``null``.
@@ -29,9 +34,15 @@ A value that is undefined (NaN, e.g. precision when nothing is flagged) is writt
 * ``"transfer"``: ``{dataset name: entry}``, logistic regression on another dataset's frozen
   features; each entry has the keys of a ``linear_probe`` entry (``label_fraction`` is 1).
 
+* ``"retrieval"``, ``"zero_shot"`` (image-text runs): see ``docs/BIMODAL.md``
+  (:func:`~glofnd_jax.evaluation.retrieval.retrieval`,
+  :func:`~glofnd_jax.evaluation.zero_shot.zero_shot`).
+
 * ``"false_negatives"``: the threshold rule ``s_ij > lam_i`` as a false-negative detector,
   judged by class labels over all ordered pairs i != j
-  (:func:`~glofnd_jax.evaluation.false_negatives.false_negative_precision_recall`).
+  (:func:`~glofnd_jax.evaluation.false_negatives.false_negative_precision_recall`). For an
+  image-text run, ``{"image": entry, "text": entry}`` (image and text anchors), each entry with
+  these keys:
 
   - ``precision``: flagged same-class pairs / flagged pairs.
   - ``recall``: flagged same-class pairs / same-class pairs.
@@ -46,7 +57,8 @@ A value that is undefined (NaN, e.g. precision when nothing is flagged) is writt
   - ``mean_error``: mean of ``lam - exact`` (positive: lambda too high, too few pairs flagged).
   - ``num_samples``: samples compared.
 
-* ``"meta"``: free-form context from the caller (e.g. epoch, step, config name, alpha).
+* ``"meta"``: free-form context from the caller (e.g. epoch, step, config name, alpha), with
+  ``train_detector_last_epoch`` (:func:`last_epoch_detector`).
 """
 
 from __future__ import annotations
@@ -57,7 +69,10 @@ import os
 import pathlib
 from typing import Any
 
+import jax
 import numpy as np
+
+from glofnd_jax.training.metrics import read_metrics
 
 RESULTS_FILENAME = "results.json"
 
@@ -81,10 +96,12 @@ def _to_jsonable(value: Any) -> Any:
 
 
 def build_results(*, knn: dict | None = None, linear_probe: dict | None = None,
-                  transfer: dict | None = None, false_negatives: dict | None = None,
+                  transfer: dict | None = None, retrieval: dict | None = None,
+                  zero_shot: dict | None = None, false_negatives: dict | None = None,
                   lambda_error: dict | None = None, meta: dict | None = None) -> dict:
   """The results dict (JSON-ready), with only the sections given. Keys: see the module docstring."""
   sections = {"knn": knn, "linear_probe": linear_probe, "transfer": transfer,
+              "retrieval": retrieval, "zero_shot": zero_shot,
               "false_negatives": false_negatives, "lambda_error": lambda_error, "meta": meta}
   return _to_jsonable({name: section for name, section in sections.items() if section is not None})
 
@@ -98,6 +115,36 @@ def write_results(results: dict, workdir: str | os.PathLike) -> pathlib.Path:
   temporary.write_text(json.dumps(_to_jsonable(results), indent=2, allow_nan=False) + "\n")
   os.replace(temporary, path)
   return path
+
+
+def write_and_print(results: dict, workdir: str | os.PathLike) -> None:
+  """On process 0 only: writes ``workdir/results.json`` and prints :func:`format_table`."""
+  if jax.process_index() == 0:
+    write_results(results, workdir)
+    print(format_table(results))
+
+
+def last_epoch_detector(workdir: str | os.PathLike, steps_per_epoch: int, *,
+                        sides: tuple[str, ...] = ("",), present: str = "fn_precision") -> dict:
+  """The in-training detector's metrics averaged over the last logged epoch.
+
+  Args:
+    workdir: the run directory holding ``metrics.jsonl``.
+    steps_per_epoch: the width of the window, in steps, ending at the last row considered.
+    sides: metric-name prefixes, e.g. ``("img/", "txt/")`` for an image-text run.
+    present: only rows that log this metric are considered.
+
+  Returns:
+    ``{side + name: mean}`` for ``name`` in fn_precision, fn_recall, kept_fraction,
+    flagged_fraction (those the rows have); ``{}`` when no row logs ``present``.
+  """
+  rows = [r for r in read_metrics(workdir) if present in r]
+  tail = [r for r in rows if r["step"] > rows[-1]["step"] - steps_per_epoch] if rows else []
+  if not tail:
+    return {}
+  keys = [f"{side}{name}" for side in sides
+          for name in ("fn_precision", "fn_recall", "kept_fraction", "flagged_fraction")]
+  return {key: float(np.mean([r[key] for r in tail])) for key in keys if key in tail[0]}
 
 
 def read_results(path: str | os.PathLike) -> dict:
@@ -121,28 +168,67 @@ def _probe_detail(entry: dict) -> str:
       "" if entry.get("converged", True) else ", not converged")
 
 
-def format_table(results: dict) -> str:
-  """A plain-text, two-column table of whatever sections ``results`` holds."""
-  results = _to_jsonable(results)
+# Each section's rows are (name, value, chance): chance is None for the sections without one
+# (the unimodal ones) and a string, possibly empty, for the image-text ones.
+
+
+def _unimodal_rows(results: dict) -> list[tuple]:
   rows = []
   knn = results.get("knn")
   if knn:
     settings = f"k={knn.get('k')}, T={knn.get('temperature'):g}"
-    rows.append((f"kNN top-1 ({settings})", _percent(knn.get("top1"))))
+    rows.append((f"kNN top-1 ({settings})", _percent(knn.get("top1")), None))
     if "top5" in knn:
-      rows.append((f"kNN top-5 ({settings})", _percent(knn.get("top5"))))
+      rows.append((f"kNN top-5 ({settings})", _percent(knn.get("top5")), None))
   for entry in (results.get("linear_probe") or {}).values():
     name = f"Linear probe, {_fraction_label(entry['label_fraction'])} ({_probe_detail(entry)})"
-    rows.append((name, _percent(entry.get("accuracy"))))
+    rows.append((name, _percent(entry.get("accuracy")), None))
   for name, entry in (results.get("transfer") or {}).items():
-    rows.append((f"Transfer to {name} ({_probe_detail(entry)})", _percent(entry.get("accuracy"))))
-  fn = results.get("false_negatives")
-  if fn:
-    rows.append(("FN precision", _percent(fn.get("precision"))))
-    rows.append(("FN recall", _percent(fn.get("recall"))))
-    rows.append(("FN flagged pairs",
-                 f"{fn.get('num_flagged')} of {fn.get('num_pairs')} "
-                 f"({_percent(fn.get('flagged_fraction'))})"))
+    rows.append((f"Transfer to {name} ({_probe_detail(entry)})", _percent(entry.get("accuracy")),
+                 None))
+  return rows
+
+
+def _image_text_rows(results: dict) -> list[tuple]:
+  rows = []
+  zs = results.get("zero_shot")
+  if zs:
+    rows.append((f"Zero-shot top-1 ({zs['num_classes']} classes, {zs['num_images']} images)",
+                 _percent(zs["top1"]), _percent(zs["chance_top1"])))
+    if "top5" in zs:
+      rows.append(("Zero-shot top-5", _percent(zs["top5"]), _percent(zs["chance_top5"])))
+  rt = results.get("retrieval")
+  if rt:
+    for direction, label in (("image_to_text", "image->text"), ("text_to_image", "text->image")):
+      entry = rt[direction]
+      for key in entry:
+        if key.startswith("R@"):
+          rows.append((f"{label} {key} ({entry['num_queries']} queries, {entry['num_gallery']} "
+                       "candidates)", _percent(entry[key]), _percent(entry["chance"][key])))
+      rows.append((f"{label} median rank", f"{entry['median_rank']:g}",
+                   f"{entry['chance']['median_rank']:g}"))
+  return rows
+
+
+def _false_negative_rows(fn: dict | None) -> list[tuple]:
+  if not fn:
+    return []
+  if "precision" in fn:  # one detector (unimodal)
+    return [("FN precision", _percent(fn.get("precision")), None),
+            ("FN recall", _percent(fn.get("recall")), None),
+            ("FN flagged pairs", f"{fn.get('num_flagged')} of {fn.get('num_pairs')} "
+             f"({_percent(fn.get('flagged_fraction'))})", None)]
+  rows = []  # one per anchor modality (image-text)
+  for side, entry in fn.items():
+    rows.append((f"FN precision, {side} anchors (lambda rule, train)",
+                 _percent(entry["precision"]), ""))
+    rows.append((f"FN recall, {side} anchors", _percent(entry["recall"]), ""))
+    rows.append((f"FN flagged pairs, {side} anchors", _percent(entry["flagged_fraction"]), ""))
+  return rows
+
+
+def _lambda_and_temperature_rows(results: dict) -> list[tuple]:
+  rows = []
   error = results.get("lambda_error")
   if error:
     for key, label in (("mean_abs_error", "mean |lam - exact|"),
@@ -150,13 +236,36 @@ def format_table(results: dict) -> str:
                        ("max_abs_error", "max |lam - exact|"),
                        ("mean_error", "mean (lam - exact)")):
       value = error.get(key)
-      rows.append((f"Lambda {label}", "n/a" if value is None else f"{value:.4f}"))
+      rows.append((f"Lambda {label}", "n/a" if value is None else f"{value:.4f}", None))
+  meta = results.get("meta") or {}
+  if "temperature" in meta:
+    rows.append(("Temperature (final)", f"{meta['temperature']:.4f}", ""))
+  return rows
+
+
+def format_table(results: dict) -> str:
+  """A plain-text table of whatever sections ``results`` holds.
+
+  Two columns (metric, value); with any image-text section (zero-shot, retrieval, per-modality
+  false negatives, the learned temperature) a third, the chance level, and the title says CLIP.
+  """
+  results = _to_jsonable(results)
+  rows = (_unimodal_rows(results) + _image_text_rows(results)
+          + _false_negative_rows(results.get("false_negatives"))
+          + _lambda_and_temperature_rows(results))
   if not rows:
     return "No evaluation results."
-  width = max(len(name) for name, _ in rows)
-  value_width = max(len(value) for _, value in rows)
-  rule = "-" * (width + 2 + value_width)
-  lines = ["Evaluation results", rule]
-  lines += [f"{name:<{width}}  {value:>{value_width}}" for name, value in rows]
+  width = max(len(name) for name, _, _ in rows)
+  value_width = max(len(value) for _, value, _ in rows)
+  if all(chance is None for _, _, chance in rows):
+    rule = "-" * (width + 2 + value_width)
+    lines = ["Evaluation results", rule]
+    lines += [f"{name:<{width}}  {value:>{value_width}}" for name, value, _ in rows]
+  else:
+    rule = "-" * (width + value_width + 14)
+    lines = ["Evaluation results (CLIP)", rule,
+             f"{'':<{width}}  {'value':>{value_width}}  {'chance':>10}", rule]
+    lines += [f"{name:<{width}}  {value:>{value_width}}  {chance or '':>10}"
+              for name, value, chance in rows]
   lines.append(rule)
   return "\n".join(lines)

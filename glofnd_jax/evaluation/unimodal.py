@@ -11,40 +11,30 @@ during the last training epoch (any mode). Nothing is selected on the test split
 
 from __future__ import annotations
 
-import jax
 import numpy as np
 
 from glofnd_jax import augment as augment_lib
 from glofnd_jax import data
 from glofnd_jax import evaluation as ev
+from glofnd_jax.evaluation.features import state_variables
 from glofnd_jax.models.encoder import Encoder
-from glofnd_jax.training.metrics import read_metrics
 
 
-def _features(run, state, source):
+def run_features(run, state, source):
   """Backbone features, projections, labels of every record of ``source`` (source order)."""
   c = run.config
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
 
-  @jax.jit
-  def embed(images):
+  def embed(variables, images):
     views = augment_lib.eval_view(images, run.augment)
     return run.model.apply(variables, views, train=False, method=Encoder.features_and_projections)
 
   iterator = data.make_iterator(source, global_batch_size=c.eval.batch_size, shuffle=False,
                                 drop_remainder=False, num_epochs=1, image_size=c.data.image_size,
                                 channels=c.data.channels, process_index=0, process_count=1)
-  feats, projs, labels, index = [], [], [], []
-  for batch in iterator:
-    keep = batch["index"] >= 0  # the last batch is padded with index -1
-    h, z = jax.device_get(embed(batch["image"]))
-    feats.append(h[keep])
-    projs.append(z[keep])
-    labels.append(batch["label"][keep])
-    index.append(batch["index"][keep])
-  order = np.argsort(np.concatenate(index))
-  return (np.concatenate(feats)[order], np.concatenate(projs)[order],
-          np.concatenate(labels)[order])
+  (feats, projs), fields = ev.extract_features(embed, state_variables(state), iterator,
+                                               inputs=("image",), carry=("label", "index"))
+  order = np.argsort(fields["index"])
+  return feats[order], projs[order], fields["label"][order]
 
 
 def _transfer_spec(spec: str) -> tuple[str, str, str]:
@@ -60,24 +50,15 @@ def _open(run, name: str, split: str):
   return data.get_source(name, split, data_dir=d.data_dir or None, workdir=run.workdir)
 
 
-def _last_epoch_detector(run) -> dict:
-  rows = [r for r in read_metrics(run.workdir) if "fn_precision" in r]
-  tail = [r for r in rows if r["step"] > rows[-1]["step"] - run.steps_per_epoch] if rows else []
-  if not tail:
-    return {}
-  return {key: float(np.mean([r[key] for r in tail])) for key in
-          ("fn_precision", "fn_recall", "kept_fraction", "flagged_fraction") if key in tail[0]}
-
-
 def evaluate_run(run, state) -> dict:
   """Evaluate ``state`` of ``run`` (a :class:`~glofnd_jax.training.unimodal.UnimodalRun`); write and
   print results."""
   c = run.config
-  train_h, train_z, train_y = _features(run, state, run.source)
-  test_h, _, test_y = _features(run, state, run.open_split(c.data.test_split))
+  train_h, train_z, train_y = run_features(run, state, run.source)
+  test_h, _, test_y = run_features(run, state, run.open_split(c.data.test_split))
   val = {}
   if c.data.val_split:
-    val_h, _, val_y = _features(run, state, run.open_split(c.data.val_split))
+    val_h, _, val_y = run_features(run, state, run.open_split(c.data.val_split))
     val = {"val_features": val_h, "val_labels": val_y}
   else:
     val = {"val_fraction": c.eval.val_fraction}
@@ -89,14 +70,13 @@ def evaluate_run(run, state) -> dict:
   transfer = {}
   for spec in c.eval.transfer:
     name, train_split, test_split = _transfer_spec(spec)
-    x_train, _, y_train = _features(run, state, _open(run, name, train_split))
-    x_test, _, y_test = _features(run, state, _open(run, name, test_split))
+    x_train, _, y_train = run_features(run, state, _open(run, name, train_split))
+    x_test, _, y_test = run_features(run, state, _open(run, name, test_split))
     transfer[name] = ev.transfer(x_train, y_train, x_test, y_test,
                                  val_fraction=c.eval.val_fraction, seed=c.seed)
   false_negatives, lam_error = None, None
   if c.glofnd.mode in ("glofnd", "glofnd_shared"):
-    lam = np.asarray(jax.device_get(state.per_sample.thresholds[0].lam))
-    lam = np.broadcast_to(lam, (run.num_samples,)) if lam.shape == (1,) else lam[:run.num_samples]
+    lam = ev.per_sample_lambda(state.per_sample.thresholds[0].lam, run.num_samples)
     anchors = None
     if run.num_samples > c.eval.max_quantile_samples:
       rng = np.random.default_rng(c.seed)
@@ -108,9 +88,8 @@ def evaluate_run(run, state) -> dict:
   results = ev.build_results(
       knn=knn, linear_probe=probe, transfer=transfer or None, false_negatives=false_negatives,
       lambda_error=lam_error,
-      meta={"config": c.to_dict(), "num_train": int(len(train_y)),
-            "num_test": int(len(test_y)), "train_detector_last_epoch": _last_epoch_detector(run)})
-  if jax.process_index() == 0:
-    ev.write_results(results, run.workdir)
-    print(ev.format_table(results))
+      meta={"config": c.to_dict(), "num_train": int(len(train_y)), "num_test": int(len(test_y)),
+            "train_detector_last_epoch": ev.last_epoch_detector(run.workdir,
+                                                                run.steps_per_epoch)})
+  ev.write_and_print(results, run.workdir)
   return results
