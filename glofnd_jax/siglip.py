@@ -49,10 +49,13 @@ from flax import struct
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
+# The mesh axis the ring runs over (glofnd_jax.sharding.DATA; named here so the core imports
+# nothing of the stack).
+DATA = "data"
+
 from glofnd_jax import detection
 from glofnd_jax import similarity as sim
 from glofnd_jax import thresholds as thr
-from glofnd_jax.sharding import DATA
 
 LOG_SCALE_INIT = math.log(10.0)  # t: logit scale exp(t) = 10 at the start
 BIAS_INIT = -10.0

@@ -57,7 +57,7 @@ class ClipRun(task_lib.Task):
     self.schedule = optim.warmup_cosine(o.lr, o.warmup_steps, self.total_steps)
     self.tx = optim.make_clip_optimizer(
         self.schedule, weight_decay=o.weight_decay, b1=o.b1, b2=o.b2, eps=o.eps,
-        learn_temperature=config_clip.loss_name(config) != "fastclip_v1", lr_tau=o.lr_tau,
+        learn_temperature=image_text_config.loss_name(config) != "fastclip_v1", lr_tau=o.lr_tau,
         temperature_schedule=o.temperature_schedule, warmup_steps=o.warmup_steps,
         total_steps=self.total_steps)
     self.objective = image_text_config.bimodal_objective_config(config)
