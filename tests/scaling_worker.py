@@ -2,6 +2,7 @@
 
     python tests/scaling_worker.py sharding OUT.npz       # 8 vs 1 device, duplicates, recompiles
     python tests/scaling_worker.py hlo OUT_DIR            # compiled HLO texts of the steps
+                                                          # (every non-finite policy)
     python tests/scaling_worker.py multihost OUT.npz PROCESS_ID NUM_PROCESSES PORT
     python tests/scaling_worker.py single OUT.npz         # single-process reference of multihost
 
@@ -241,7 +242,8 @@ def mode_sharding(out_path: str):
   pathlib.Path(out_path).with_suffix(".json").write_text(json.dumps(creation_case(mesh8)))
 
 
-def hlo_text(kind: str, mesh, num_samples: int, global_batch: int, bad: bool = False) -> str:
+def hlo_text(kind: str, mesh, num_samples: int, global_batch: int, bad: bool = False,
+             nonfinite: str = "off") -> str:
   """Compiled HLO of a train step; ``bad`` all-gathers lambda first (must be caught)."""
   if kind == "unimodal":
     config = objectives.UnimodalConfig(loss="sogclr")
@@ -277,9 +279,13 @@ def hlo_text(kind: str, mesh, num_samples: int, global_batch: int, bad: bool = F
       return step.lower(abstract, batch).compile().as_text()
     finally:
       objectives.unimodal_objective = original
-  step = make(model, tx, config, num_samples=num_samples, global_batch=global_batch, mesh=mesh)
+  step = make(model, tx, config, num_samples=num_samples, global_batch=global_batch, mesh=mesh,
+              nonfinite=nonfinite)
   abstract = ts.abstract_train_state(model, tx, sample, config, num_samples, mesh)
   return step.lower(abstract, batch).compile().as_text()
+
+
+HLO_POLICIES = ("off", "stop", "skip")
 
 
 def mode_hlo(out_dir: str):
@@ -287,8 +293,10 @@ def mode_hlo(out_dir: str):
   out = pathlib.Path(out_dir)
   mesh = sharding.make_mesh()
   num_samples, global_batch = 100_003, 64
-  (out / "unimodal.hlo").write_text(hlo_text("unimodal", mesh, num_samples, global_batch))
-  (out / "bimodal.hlo").write_text(hlo_text("bimodal", mesh, num_samples, global_batch))
+  for kind in ("unimodal", "bimodal"):
+    for policy in HLO_POLICIES:
+      (out / f"{kind}_{policy}.hlo").write_text(
+          hlo_text(kind, mesh, num_samples, global_batch, nonfinite=policy))
   (out / "bad.hlo").write_text(hlo_text("unimodal", mesh, num_samples, global_batch, bad=True))
   (out / "meta.json").write_text(json.dumps({
       "num_samples": num_samples, "padded": sharding.padded_size(num_samples, mesh),

@@ -1,7 +1,7 @@
 """The compiled train step moves no N-sized array between devices and builds no B x C matrix.
 
 A worker subprocess (8 fake CPU devices) compiles the unimodal (SogCLR + GloFND) and bimodal
-(FastCLIP v3 + GloFND) steps with N = 100_003 (padded to 100_008, 12_501 rows per device) and a
+(FastCLIP v3 + GloFND) steps under every non-finite policy (``off``, ``stop``, ``skip``) with N = 100_003 (padded to 100_008, 12_501 rows per device) and a
 global batch of 64, and a deliberately bad unimodal variant that reads lambda replicated. Here we
 parse the HLO text: every collective's result and operand shapes (operands are resolved by
 name) must be far smaller than one device's slice of the per-sample state.
@@ -90,11 +90,17 @@ def compiled(tmp_path_factory):
   out = tmp_path_factory.mktemp("hlo")
   scaling_subprocess.run("hlo", out, devices=8, timeout=240)
   meta = json.loads((out / "meta.json").read_text())
-  texts = {name: (out / f"{name}.hlo").read_text() for name in ("unimodal", "bimodal", "bad")}
+  names = [f"{kind}_{policy}" for kind in KINDS for policy in POLICIES] + ["bad"]
+  texts = {name: (out / f"{name}.hlo").read_text() for name in names}
   return texts, meta
 
 
-@pytest.mark.parametrize("kind", ["unimodal", "bimodal"])
+KINDS = ("unimodal", "bimodal")
+POLICIES = ("off", "stop", "skip")
+STEPS = [f"{kind}_{policy}" for kind in KINDS for policy in POLICIES]
+
+
+@pytest.mark.parametrize("kind", STEPS)
 def test_no_collective_moves_per_sample_arrays(compiled, kind):
   texts, meta = compiled
   hlo = texts[kind]
@@ -132,7 +138,7 @@ def per_sample_copies(hlo: str, rows: int) -> list[str]:
   return offenders
 
 
-@pytest.mark.parametrize("kind", ["unimodal", "bimodal"])
+@pytest.mark.parametrize("kind", STEPS)
 def test_per_sample_state_updated_in_place(compiled, kind):
   """No instruction copies a per-device state slice: only parameters, the in-place scatters
   (their output aliases the donated input) and tuple plumbing have its shape."""
@@ -143,7 +149,7 @@ def test_per_sample_state_updated_in_place(compiled, kind):
   assert "input_output_alias" in hlo.split("\n", 1)[0], "train state is not donated"
 
 
-@pytest.mark.parametrize("kind", ["unimodal", "bimodal"])
+@pytest.mark.parametrize("kind", STEPS)
 def test_each_device_builds_only_its_anchor_rows(compiled, kind):
   """No array on a device spans all B anchors by all B (or 2B) candidates: similarities and
   negative masks are split by anchor rows (B / D of them per device)."""
