@@ -188,20 +188,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, evaluate: 
     evaluated.
   """
   distributed.initialize()
-  workdir = open_workdir(workdir)
-  run = task_lib.build_run(config, workdir)
-  save_config(config, workdir)
-  iterator, checkpointer = run.iterator(), run.checkpointer()
-  state, first = restore_or_init(run, checkpointer, iterator)
-  last = min(run.total_steps, first + stop_after_steps) if stop_after_steps else run.total_steps
-  print(describe(run))
-  # Listening until the last save is complete; a SIGTERM during evaluation then ends the process.
+  # Listening from the start until the last save is complete: a SIGTERM while the run is built
+  # or restored stops it before the first step (exit 0, checkpoints untouched); one during
+  # evaluation ends the process.
   guard = preemption.PreemptionGuard().install()
+  checkpointer = None
   try:
-    state, last, preempted = run_steps(run, state, iterator, checkpointer, guard, first, last)
+    workdir = open_workdir(workdir)
+    run = task_lib.build_run(config, workdir)
+    iterator, checkpointer = run.iterator(), run.checkpointer()
+    state, first = restore_or_init(run, checkpointer, iterator)
+    save_config(config, workdir)  # only once the resume check passed: a refused run writes none
+    last = min(run.total_steps, first + stop_after_steps) if stop_after_steps else run.total_steps
+    if guard.mode == "signal" and guard.should_stop(first):
+      preempted, last = True, first
+    else:
+      print(describe(run))
+      state, last, preempted = run_steps(run, state, iterator, checkpointer, guard, first, last)
   finally:
-    checkpointer.close()  # waits for the last save: the checkpoint is complete on return
+    if checkpointer is not None:
+      checkpointer.close()  # waits for the last save: the checkpoint is complete on return
     guard.uninstall()
+  if preempted and last == first:
+    write_status(run.workdir, "preempted", last, run.total_steps)
+    print(f"stopped before step {first + 1} on {guard.reason}; no checkpoint was written. Run the "
+          "same command again to start (or resume).", flush=True)
+    return {}
   return finish(run, state, last, preempted, guard.reason, evaluate)
 
 
