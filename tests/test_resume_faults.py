@@ -4,15 +4,18 @@ Both run ``train_and_evaluate`` in this process on the tiny digits recipe and st
 step is compiled, so they take seconds.
 """
 
+import json
 import os
 import signal
 
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from test_train import DIGITS, load_config, tiny
 
 from glofnd_jax.training import checkpoint as checkpoint_lib
-from glofnd_jax.training import loop
+from glofnd_jax.training import loop, plots
+from glofnd_jax.training import metrics as metrics_lib
 from glofnd_jax.training import task as task_lib
 
 
@@ -48,3 +51,30 @@ def test_refused_resume_leaves_the_config_file_alone(tmp_path):
   with pytest.raises(checkpoint_lib.IncompatibleCheckpointError):
     loop.train_and_evaluate(changed, tmp_path)
   assert (tmp_path / loop.CONFIG_FILE).read_text() == "the saved run's config\n"
+
+
+def test_metrics_cut_back_to_the_restored_step_and_torn_line_dropped(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  rows = [json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in (2, 4, 6, 8)]
+  path.write_text("".join(rows) + '{"step": 10, "lo')  # killed while writing step 10
+  writer = metrics_lib.MetricWriter(tmp_path, tensorboard=False, first_step=4)
+  writer.write(6, {"loss": 0.5})
+  writer.close()
+  assert path.read_text() == "".join(rows[:2]) + json.dumps({"step": 6, "loss": 0.5}) + "\n"
+  metrics_lib.cut_metrics(path, 0)  # a fresh start keeps no row of a run killed before saving
+  assert path.read_text() == ""
+
+
+def test_lambda_snapshots_replace_later_epochs_and_survive_a_torn_file(tmp_path):
+  lam = np.linspace(-1, 1, 50)
+  for epoch in (1, 2, 3, 2, 3):  # resumed in epoch 1 after epochs 2 and 3 had been written
+    plots.save_lambda_snapshot(tmp_path, epoch, lam * epoch)
+  with np.load(tmp_path / "lambda_snapshots.npz") as saved:
+    np.testing.assert_array_equal(saved["epochs"], [1, 2, 3])
+    np.testing.assert_array_equal(saved["counts"][2], plots.lambda_histogram(lam * 3))
+  path = tmp_path / "lambda_snapshots.npz"
+  path.write_bytes(path.read_bytes()[:40])  # torn
+  plots.save_lambda_snapshot(tmp_path, 4, lam)
+  with np.load(path) as saved:
+    np.testing.assert_array_equal(saved["epochs"], [4])
+  assert (tmp_path / "lambda_snapshots.npz.corrupt").exists()

@@ -105,7 +105,7 @@ class Outputs:
 
   def __init__(self, run, first_step: int, last_step: int):
     self.run = run
-    self.writer = MetricWriter(run.workdir)
+    self.writer = MetricWriter(run.workdir, first_step=first_step)
     self.monitor = nonfinite_lib.Monitor(run.config.get("nonfinite", "stop"))
     self.bar = tqdm(total=last_step, initial=first_step, unit="step", dynamic_ncols=True,
                     disable=jax.process_index() != 0, mininterval=2.0)
