@@ -6,6 +6,7 @@ step is compiled, so they take seconds.
 
 import json
 import os
+import shutil
 import signal
 
 import jax.numpy as jnp
@@ -78,3 +79,30 @@ def test_lambda_snapshots_replace_later_epochs_and_survive_a_torn_file(tmp_path)
   with np.load(path) as saved:
     np.testing.assert_array_equal(saved["epochs"], [4])
   assert (tmp_path / "lambda_snapshots.npz.corrupt").exists()
+
+
+def _logged(workdir) -> list[dict]:
+  """metrics.jsonl rows without the timing column (the only non-deterministic one)."""
+  return [{k: v for k, v in row.items() if k != "images_per_sec"}
+          for row in metrics_lib.read_metrics(workdir)]
+
+
+def test_killed_between_checkpoints_then_resumed_logs_every_step_once(tmp_path):
+  """A run that got to step 8 but whose last checkpoint is step 4 (the step-8 one never made
+  it to disk, as after a kill -9) resumes from 4 and ends with the logs of a straight run."""
+  config = tiny(load_config(DIGITS), epochs=3)  # 12 steps, 4 per epoch
+  config.checkpoint_every_steps = 4
+  config.lambda_snapshot_every_epochs = 1
+  loop.train_and_evaluate(config, tmp_path / "straight", evaluate=False)
+  killed = tmp_path / "killed"
+  loop.train_and_evaluate(config, killed, evaluate=False, stop_after_steps=8)
+  shutil.rmtree(killed / "checkpoints" / "8")
+  with (killed / "metrics.jsonl").open("a") as torn:
+    torn.write('{"step": 9, "loss"')
+  loop.train_and_evaluate(config, killed, evaluate=False)
+  assert _logged(killed) == _logged(tmp_path / "straight")
+  assert [r["step"] for r in _logged(killed)] == sorted({r["step"] for r in _logged(killed)})
+  with np.load(killed / "lambda_snapshots.npz") as a, \
+       np.load(tmp_path / "straight" / "lambda_snapshots.npz") as b:
+    np.testing.assert_array_equal(a["epochs"], b["epochs"])
+    np.testing.assert_array_equal(a["counts"], b["counts"])
