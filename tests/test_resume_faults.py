@@ -106,3 +106,76 @@ def test_killed_between_checkpoints_then_resumed_logs_every_step_once(tmp_path):
        np.load(tmp_path / "straight" / "lambda_snapshots.npz") as b:
     np.testing.assert_array_equal(a["epochs"], b["epochs"])
     np.testing.assert_array_equal(a["counts"], b["counts"])
+
+
+def _truncate_array_files(step_dir):
+  for path in (step_dir / "state").rglob("*"):
+    if path.is_file() and path.parent.name == "d":
+      path.write_bytes(path.read_bytes()[:5])
+
+
+def _delete_array_files(step_dir):
+  for path in (step_dir / "state").rglob("*"):
+    if path.is_file() and path.parent.name == "d":
+      path.unlink()
+
+
+CORRUPTIONS = {
+    "truncated_arrays": _truncate_array_files,
+    "deleted_arrays": _delete_array_files,
+    "garbage_metadata": lambda d: (d / "state" / "_METADATA").write_text("{not json"),
+    "garbage_fingerprint": lambda d: (d / "fingerprint" / "metadata").write_text("\x00garbage"),
+}
+
+
+@pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
+def test_corrupt_newest_checkpoint_falls_back_to_the_older_one(tmp_path, corruption, capsys):
+  directory = tmp_path / "checkpoints"
+  checkpointer = checkpoint_lib.Checkpointer(directory, fingerprint={"batch_size": 16})
+  checkpointer.save(2, {"u": jnp.arange(4.0)})
+  checkpointer.save(4, {"u": jnp.arange(4.0) + 1})
+  checkpointer.close()
+  CORRUPTIONS[corruption](directory / "4")
+  (directory / "6").mkdir()  # an empty newer step folder
+  checkpointer = checkpoint_lib.Checkpointer(directory, fingerprint={"batch_size": 16})
+  try:
+    state, step = checkpointer.restore_newest_complete({"u": jnp.zeros(4)})
+  finally:
+    checkpointer.close()
+  assert step == 2
+  np.testing.assert_array_equal(state["u"], np.arange(4.0))
+  moved = sorted(p.name for p in (directory / "corrupt").iterdir())
+  assert "4-0" in moved and not (directory / "4").exists()
+  out = capsys.readouterr().out
+  assert f"checkpoint step 4 in {directory} does not restore (" in out
+  assert f"moved to {directory / 'corrupt' / '4-0'}" in out
+
+
+def test_no_checkpoint_restores_says_what_to_do(tmp_path):
+  directory = tmp_path / "checkpoints"
+  checkpointer = checkpoint_lib.Checkpointer(directory)
+  checkpointer.save(2, {"u": jnp.arange(4.0)})
+  checkpointer.close()
+  _delete_array_files(directory / "2")
+  checkpointer = checkpoint_lib.Checkpointer(directory)
+  try:
+    with pytest.raises(FileNotFoundError, match="no checkpoint in .* restores .*Running the same "
+                       "command again starts this run over"):
+      checkpointer.restore_newest_complete({"u": jnp.zeros(4)})
+  finally:
+    checkpointer.close()
+  assert (directory / "corrupt" / "2-0").exists()
+
+
+def test_incompatible_newest_checkpoint_still_refuses(tmp_path):
+  directory = tmp_path / "checkpoints"
+  checkpointer = checkpoint_lib.Checkpointer(directory, fingerprint={"batch_size": 16})
+  checkpointer.save(2, {"u": jnp.arange(4.0)})
+  checkpointer.close()
+  checkpointer = checkpoint_lib.Checkpointer(directory, fingerprint={"batch_size": 32})
+  try:
+    with pytest.raises(checkpoint_lib.IncompatibleCheckpointError):
+      checkpointer.restore_newest_complete({"u": jnp.zeros(4)})
+  finally:
+    checkpointer.close()
+  assert (directory / "2").exists() and not (directory / "corrupt").exists()

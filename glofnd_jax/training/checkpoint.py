@@ -29,6 +29,7 @@ depend on (:func:`config_fingerprint`).
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 from typing import Any, Callable
 
@@ -195,6 +196,49 @@ class Checkpointer:
     if data_iterator is not None and self.on_restore is not None:
       state = self.on_restore(state, step)
     return state, step
+
+  def restore_newest_complete(self, state_target, data_iterator=None):
+    """:meth:`restore` of the newest checkpoint that restores completely.
+
+    Each newer one that does not (a truncated or missing array file, garbage metadata, data
+    position or fingerprint, an empty step folder) is named with the reason in one line and
+    moved aside to ``<directory>/corrupt/<step>-<n>`` (never deleted). A config mismatch
+    (:class:`IncompatibleCheckpointError`) is not corruption and still refuses.
+
+    Raises:
+      FileNotFoundError: no checkpoint restores (the message says what to do).
+    """
+    moved = []
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        return self.restore(state_target, data_iterator, step)
+      except IncompatibleCheckpointError:
+        raise
+      except Exception as error:  # noqa: BLE001 - any failure to read a step means it is damaged
+        reason = " ".join(f"{type(error).__name__}: {error}".split())[:300]
+        moved.append(self._move_aside(step, reason))
+    raise FileNotFoundError(
+        f"no checkpoint in {self.directory} restores (moved aside: {', '.join(moved)}). Running "
+        "the same command again starts this run over from step 0; to keep the work done, copy "
+        "the run's checkpoints back from a backup, or start in another --workdir.")
+
+  def _move_aside(self, step: int, reason: str) -> str:
+    """Move step ``step``'s folder to ``corrupt/<step>-<n>`` (process 0) and say why."""
+    corrupt = self.directory / "corrupt"
+    n = 0
+    while (corrupt / f"{step}-{n}").exists():
+      n += 1
+    target = corrupt / f"{step}-{n}"
+    if jax.process_index() == 0:
+      corrupt.mkdir(parents=True, exist_ok=True)
+      os.replace(self.directory / str(step), target)
+    print(f"checkpoint step {step} in {self.directory} does not restore ({reason}); moved to "
+          f"{target}, trying the next older one.", flush=True)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices(f"checkpoint_moved_aside_{step}_{n}")
+    self._manager.reload()
+    return str(target)
 
   def _restore_iterator_across_process_counts(self, step: int, data_iterator) -> bool:
     """Set the iterator from a save by another number of processes; False if not needed.

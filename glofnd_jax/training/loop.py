@@ -84,7 +84,7 @@ def restore_or_init(run, checkpointer, iterator):
   state = run.init_state()
   if checkpointer.latest_step() is None:
     return state, 0
-  state, first_step = checkpointer.restore(state, iterator)
+  state, first_step = checkpointer.restore_newest_complete(state, iterator)
   print(f"resumed from step {first_step} in {checkpointer.directory}")
   return state, first_step
 
