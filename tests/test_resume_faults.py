@@ -179,3 +179,14 @@ def test_incompatible_newest_checkpoint_still_refuses(tmp_path):
   finally:
     checkpointer.close()
   assert (directory / "2").exists() and not (directory / "corrupt").exists()
+
+
+def test_a_second_run_on_a_workdir_in_use_is_refused_at_once(tmp_path):
+  held = loop.lock_workdir(tmp_path)  # another run holds the workdir
+  try:
+    with pytest.raises(RuntimeError, match="is in use by another run .*use another --workdir"):
+      loop.train_and_evaluate(tiny(load_config(DIGITS)), tmp_path)
+  finally:
+    held.close()
+  assert not (tmp_path / loop.CONFIG_FILE).exists()
+  loop.lock_workdir(tmp_path).close()  # released: the next run may take it

@@ -15,6 +15,7 @@ parameter, lambda or ``u`` stops the run before anything non-finite is saved
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pathlib
@@ -38,6 +39,25 @@ STATUS_FILE = "status.json"
 def save_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
   if jax.process_index() == 0:
     (workdir / CONFIG_FILE).write_text(config.to_json_best_effort(indent=1) + "\n")
+
+
+LOCK_FILE = "run.lock"
+
+
+def lock_workdir(workdir: pathlib.Path):
+  """Process 0 takes an exclusive ``flock`` on ``workdir/run.lock`` for the run (the open file
+  is returned; closing it releases the lock). The kernel drops the lock when the process dies,
+  so a killed run never leaves it stuck. Other processes take none (one lock per run)."""
+  if jax.process_index() != 0:
+    return None
+  handle = (workdir / LOCK_FILE).open("a")
+  try:
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    handle.close()
+    raise RuntimeError(f"{workdir} is in use by another run (it holds {workdir / LOCK_FILE}); "
+                       "wait for that run to end, or use another --workdir.") from None
+  return handle
 
 
 def write_status(workdir: pathlib.Path, status: str, step: int, total_steps: int) -> None:
@@ -192,9 +212,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, evaluate: 
   # or restored stops it before the first step (exit 0, checkpoints untouched); one during
   # evaluation ends the process.
   guard = preemption.PreemptionGuard().install()
-  checkpointer = None
+  checkpointer = lock = None
   try:
     workdir = open_workdir(workdir)
+    lock = lock_workdir(workdir)
     run = task_lib.build_run(config, workdir)
     iterator, checkpointer = run.iterator(), run.checkpointer()
     state, first = restore_or_init(run, checkpointer, iterator)
@@ -209,6 +230,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, evaluate: 
     if checkpointer is not None:
       checkpointer.close()  # waits for the last save: the checkpoint is complete on return
     guard.uninstall()
+    if lock is not None:
+      lock.close()
   if preempted and last == first:
     write_status(run.workdir, "preempted", last, run.total_steps)
     print(f"stopped before step {first + 1} on {guard.reason}; no checkpoint was written. Run the "
