@@ -190,3 +190,21 @@ def test_a_second_run_on_a_workdir_in_use_is_refused_at_once(tmp_path):
     held.close()
   assert not (tmp_path / loop.CONFIG_FILE).exists()
   loop.lock_workdir(tmp_path).close()  # released: the next run may take it
+
+
+def test_an_unwritable_checkpoint_directory_fails_the_save_at_once(tmp_path):
+  directory = tmp_path / "checkpoints"
+  checkpointer = checkpoint_lib.Checkpointer(directory)
+  try:
+    checkpointer.save(2, {"u": jnp.arange(4.0)})
+    checkpointer.wait()
+    shutil.move(directory / "2", tmp_path / "kept")
+    shutil.rmtree(directory)
+    directory.write_text("not a folder")  # as unwritable as a read-only mount, even for root
+    with pytest.raises(OSError, match=f"cannot save checkpoint step 4: {directory} is not "
+                       "writable .*previous checkpoints are kept"):
+      checkpointer.save(4, {"u": jnp.arange(4.0)})
+  finally:
+    directory.unlink()
+    directory.mkdir()
+    checkpointer.close()

@@ -130,13 +130,32 @@ class Checkpointer:
     """Start an (async) save of ``state``, the iterator position and the fingerprint at ``step``.
 
     The caller makes sure ``state`` is finite (the train loop checks before every save).
+
+    Raises:
+      OSError: the checkpoint directory cannot be written (naming it and the OS error), at once
+        instead of after orbax's timeout; the previous checkpoints are untouched.
     """
+    self._check_writable(step)
     items = {STATE: ocp.args.StandardSave(state)}
     if data_iterator is not None:
       items[DATA] = grain.checkpoint.CheckpointSave(data_iterator)
     if self.fingerprint is not None:
       items[FINGERPRINT] = ocp.args.JsonSave(self.fingerprint)
     return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+  def _check_writable(self, step: int) -> None:
+    """Create and remove a probe file in the directory (process 0): fails fast and clearly."""
+    if jax.process_index() != 0:
+      return
+    probe = self.directory / f".write_probe_{step}"
+    try:
+      probe.write_bytes(b"")
+      probe.unlink()
+    except OSError as error:
+      raise OSError(error.errno, f"cannot save checkpoint step {step}: {self.directory} is not "
+                    f"writable ({error.strerror or error}); the previous checkpoints are kept. "
+                    "Free space or fix the permissions, then run the same command again to "
+                    "resume.") from error
 
   def saved_fingerprint(self, step: int) -> dict | None:
     """The fingerprint stored with ``step`` (``None`` for checkpoints written without one)."""
