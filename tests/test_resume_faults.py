@@ -1,7 +1,10 @@
-"""Resume faults that must change nothing: a SIGTERM before the first step, a refused resume.
+"""Nothing lost, nothing duplicated: resume faults and what they must (not) change.
 
-Both run ``train_and_evaluate`` in this process on the tiny digits recipe and stop before any
-step is compiled, so they take seconds.
+In process, on the tiny digits recipe: a SIGTERM before the first step, a refused resume, a
+second run on a workdir in use, an unwritable checkpoint folder, damaged checkpoints (each falls
+back to the older one), torn metrics and snapshot files, and a run whose newest checkpoint was
+lost (as after kill -9 between checkpoints). In subprocesses (``slow``): ``glofnd-jax train``
+killed with SIGKILL and started again.
 """
 
 import json
@@ -12,6 +15,7 @@ import signal
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import train_cli
 from test_train import DIGITS, load_config, tiny
 
 from glofnd_jax.training import checkpoint as checkpoint_lib
@@ -208,3 +212,27 @@ def test_an_unwritable_checkpoint_directory_fails_the_save_at_once(tmp_path):
     directory.unlink()
     directory.mkdir()
     checkpointer.close()
+
+
+@pytest.mark.slow
+def test_kill_9_between_checkpoints_then_resume_matches_a_straight_run(tmp_path):
+  """``glofnd-jax train`` killed with SIGKILL after step 4 was logged (checkpoints every 3
+  steps) and started again ends with the straight run's state, metrics and lambda snapshots."""
+  cache = tmp_path / "compilation_cache"
+  overrides = ("--config.epochs=3", "--config.lambda_snapshot_every_epochs=1", "--noevaluate")
+  killed_dir, straight_dir = tmp_path / "killed", tmp_path / "straight"
+  killed = train_cli.start(killed_dir, *overrides, cache_dir=cache)
+  train_cli.wait_until_logged(killed, killed_dir, 4)
+  killed.kill()
+  killed.wait()
+  straight = train_cli.start(straight_dir, *overrides, cache_dir=cache)
+  train_cli.run(killed_dir, *overrides, cache_dir=cache)
+  train_cli.finish(straight)
+  step_a, arrays_a = train_cli.read_state(straight_dir)
+  step_b, arrays_b = train_cli.read_state(killed_dir)
+  assert step_a == step_b == 12
+  assert not [k for k in arrays_a if not (arrays_a[k] == arrays_b[k]).all()]
+  assert _logged(killed_dir) == _logged(straight_dir)
+  with np.load(killed_dir / "lambda_snapshots.npz") as a, \
+       np.load(straight_dir / "lambda_snapshots.npz") as b:
+    np.testing.assert_array_equal(a["counts"], b["counts"])
