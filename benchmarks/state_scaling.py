@@ -11,7 +11,8 @@ bytes per sample (f32 lambda, its two Adam moments, SogCLR's u), divided evenly 
 Sizes are timed round-robin (every repeat visits every N) so that load from other processes on
 the machine spreads evenly. Writes ``benchmarks/results/state_scaling.json``.
 
-    python benchmarks/state_scaling.py [--quick] [--max-n 1e8] [--out FILE]
+    python benchmarks/state_scaling.py [--quick] [--max-n 1e8] [--nonfinite skip]
+                                       [--devices 8] [--out FILE]
 """
 
 from __future__ import annotations
@@ -85,12 +86,13 @@ class TinyEncoder(nn.Module):
     return nn.Dense(64)(nn.relu(x))
 
 
-def make_run(num_samples: int, mesh, global_batch: int, num_batches: int = 4):
-  """A compiled step, its state and a few device-resident batches for one N."""
+def make_run(num_samples: int, mesh, global_batch: int, num_batches: int = 4,
+             nonfinite: str = "off"):
+  """A compiled step (``nonfinite`` policy), its state and a few device-resident batches."""
   config = objectives.UnimodalConfig(loss="sogclr", thresholds=thr.ThresholdConfig(alpha=0.01))
   model, tx = TinyEncoder(), optax.sgd(0.1)
   step = ts.make_unimodal_train_step(model, tx, config, num_samples=num_samples,
-                                     global_batch=global_batch, mesh=mesh)
+                                     global_batch=global_batch, mesh=mesh, nonfinite=nonfinite)
   state = ts.create_train_state(model, tx, np.zeros((2, IN_DIM), np.float32), config,
                                 num_samples, mesh, jax.random.key(0))
   rng = np.random.RandomState(num_samples % 2**31)
@@ -162,6 +164,10 @@ def main(argv=None):
                       help="largest N (powers of ten from 1e4; skipped if memory is short)")
   parser.add_argument("--repeats", type=int, default=None, help="round-robin repeats (default 9)")
   parser.add_argument("--steps", type=int, default=None, help="steps per timed block (default 40)")
+  parser.add_argument("--nonfinite", choices=("off", "stop", "skip"), default="off",
+                      help="the step's non-finite policy (config.nonfinite)")
+  parser.add_argument("--devices", type=int, choices=(1, 8), nargs="+", default=[8, 1],
+                      help="mesh sizes to time")
   parser.add_argument("--out", type=pathlib.Path, default=None)
   args = parser.parse_args(argv)
   started = time.time()
@@ -172,10 +178,11 @@ def main(argv=None):
   steps, repeats = args.steps or steps, args.repeats or repeats
   out = args.out or RESULTS / ("state_scaling_quick.json" if args.quick else "state_scaling.json")
 
-  meshes = {8: sharding.make_mesh(), 1: sharding.make_mesh(jax.devices()[:1])}
+  all_meshes = {8: sharding.make_mesh(), 1: sharding.make_mesh(jax.devices()[:1])}
+  meshes = {d: all_meshes[d] for d in args.devices}
   rows = []
   for devices, mesh in meshes.items():
-    runs = {n: make_run(n, mesh, args.batch) for n in sizes}
+    runs = {n: make_run(n, mesh, args.batch, nonfinite=args.nonfinite) for n in sizes}
     for _ in range(repeats):  # round-robin over N
       for n in sizes:
         wall, cpu = time_steps(runs[n], steps)
@@ -213,7 +220,7 @@ def main(argv=None):
                             "cpu_max_deviation_from_smallest_n": cpu_deviation,
                             "cpu_flat_within_5pct": cpu_deviation <= FLAT_TOLERANCE,
                             "bytes_as_expected": all(r["bytes_as_expected"] for r in own)}
-  report = {"benchmark": "state_scaling", "quick": args.quick, "steps_per_repeat": steps,
+  report = {"benchmark": "state_scaling", "nonfinite": args.nonfinite, "quick": args.quick, "steps_per_repeat": steps,
             "repeats": repeats, "device": jax.devices()[0].device_kind,
             "cpu_cores": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__,
             "load_average_at_start": os.getloadavg(), "skipped_sizes": skipped,

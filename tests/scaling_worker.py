@@ -3,6 +3,7 @@
     python tests/scaling_worker.py sharding OUT.npz       # 8 vs 1 device, duplicates, recompiles
     python tests/scaling_worker.py treatments OUT.npz     # 8 vs 1 device, attract / reweight
     python tests/scaling_worker.py hlo OUT_DIR            # compiled HLO texts of the steps
+                                                          # (every non-finite policy)
     python tests/scaling_worker.py multihost OUT.npz PROCESS_ID NUM_PROCESSES PORT
     python tests/scaling_worker.py single OUT.npz         # single-process reference of multihost
 
@@ -286,7 +287,7 @@ def mode_treatments(out_path: str):
 
 
 def hlo_text(kind: str, mesh, num_samples: int, global_batch: int, bad: bool = False,
-             loss: str = "sogclr", treatment: str = "remove") -> str:
+             loss: str = "sogclr", treatment: str = "remove", nonfinite: str = "off") -> str:
   """Compiled HLO of a train step; ``bad`` all-gathers lambda first (must be caught)."""
   if kind == "unimodal":
     config = objectives.UnimodalConfig(loss=loss, treatment=treatment)
@@ -322,7 +323,8 @@ def hlo_text(kind: str, mesh, num_samples: int, global_batch: int, bad: bool = F
       return step.lower(abstract, batch).compile().as_text()
     finally:
       objectives.unimodal_objective = original
-  step = make(model, tx, config, num_samples=num_samples, global_batch=global_batch, mesh=mesh)
+  step = make(model, tx, config, num_samples=num_samples, global_batch=global_batch, mesh=mesh,
+              nonfinite=nonfinite)
   abstract = ts.abstract_train_state(model, tx, sample, config, num_samples, mesh)
   return step.lower(abstract, batch).compile().as_text()
 
@@ -333,6 +335,7 @@ HLO_TREATMENT_PROGRAMS = {
     for prefix, kind, loss in (("unimodal", "unimodal", "sogclr"), ("simclr", "unimodal", "simclr"),
                                ("bimodal", "bimodal", None))
     for treatment in ("attract", "reweight")}
+HLO_POLICIES = ("off", "stop", "skip")
 
 
 def mode_hlo(out_dir: str):
@@ -340,8 +343,10 @@ def mode_hlo(out_dir: str):
   out = pathlib.Path(out_dir)
   mesh = sharding.make_mesh()
   num_samples, global_batch = 100_003, 64
-  (out / "unimodal.hlo").write_text(hlo_text("unimodal", mesh, num_samples, global_batch))
-  (out / "bimodal.hlo").write_text(hlo_text("bimodal", mesh, num_samples, global_batch))
+  for kind in ("unimodal", "bimodal"):
+    for policy in HLO_POLICIES:
+      (out / f"{kind}_{policy}.hlo").write_text(
+          hlo_text(kind, mesh, num_samples, global_batch, nonfinite=policy))
   (out / "bad.hlo").write_text(hlo_text("unimodal", mesh, num_samples, global_batch, bad=True))
   for name, (kind, loss, treatment) in HLO_TREATMENT_PROGRAMS.items():
     (out / f"{name}.hlo").write_text(hlo_text(kind, mesh, num_samples, global_batch,

@@ -1,9 +1,10 @@
 """The compiled train step moves no N-sized array between devices and builds no B x C matrix.
 
 A worker subprocess (8 fake CPU devices) compiles the unimodal (SogCLR + GloFND) and bimodal
-(FastCLIP v3 + GloFND) steps with N = 100_003 (padded to 100_008, 12_501 rows per device) and a
-global batch of 64, the same steps with the attract and reweight treatments (and SimCLR's), and
-a deliberately bad unimodal variant that reads lambda replicated. Here we
+(FastCLIP v3 + GloFND) steps under every non-finite policy (``off``, ``stop``, ``skip``) with
+N = 100_003 (padded to 100_008, 12_501 rows per device) and a global batch of 64, the same steps
+with the attract and reweight treatments (and SimCLR's), and a deliberately bad unimodal variant
+that reads lambda replicated. Here we
 parse the HLO text: every collective's result and operand shapes (operands are resolved by
 name) must be far smaller than one device's slice of the per-sample state.
 """
@@ -97,7 +98,10 @@ def compiled(tmp_path_factory):
   return texts, meta
 
 
-PROGRAMS = ("unimodal", "bimodal") + tuple(scaling_worker.HLO_TREATMENT_PROGRAMS)
+KINDS = ("unimodal", "bimodal")
+POLICIES = ("off", "stop", "skip")
+STEPS = [f"{kind}_{policy}" for kind in KINDS for policy in POLICIES]
+PROGRAMS = tuple(STEPS) + tuple(scaling_worker.HLO_TREATMENT_PROGRAMS)
 
 
 @pytest.mark.parametrize("kind", PROGRAMS)

@@ -59,6 +59,8 @@ def test_start_update_after_start_mask():
     ("loss.temperature", 0.0, "config.loss.temperature=0.0 is invalid: the temperature must be "
                               "positive (e.g. 0.1)"),
     ("nonfinite", "ignore", "config.nonfinite='ignore' is invalid: choose one of stop, skip, off"),
+    ("keep_checkpoints", 0, "config.keep_checkpoints=0 is invalid: keep at least one checkpoint"),
+    ("keep_checkpoints", -2, "config.keep_checkpoints=-2 is invalid: keep at least one"),
 ])
 def test_non_positive_rates_and_unknown_policies(field, value, expected):
   assert expected in _fails(_config(**{field: value}))

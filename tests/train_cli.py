@@ -8,8 +8,10 @@ what a fresh compile does, so bit-for-bit comparisons between runs stay valid.
 
 from __future__ import annotations
 
+import json
 import pathlib
 import subprocess
+import time
 import sys
 
 import jax
@@ -86,3 +88,21 @@ def read_state(workdir, step: int | None = None, num_samples: int = 64) -> tuple
       value = value[:num_samples]
     out["/".join(map(str, key))] = value
   return step, out
+
+
+def logged_steps(workdir) -> list[int]:
+  """The steps of a run's complete ``metrics.jsonl`` rows so far."""
+  path = pathlib.Path(workdir) / "metrics.jsonl"
+  if not path.exists():
+    return []
+  return [json.loads(line)["step"] for line in path.read_text().splitlines()
+          if line.endswith("}")]
+
+
+def wait_until_logged(process: subprocess.Popen, workdir, step: int, timeout: float = 240) -> None:
+  """Return once the run of ``process`` has logged ``step`` or later; fail if it ends first."""
+  deadline = time.monotonic() + timeout
+  while not any(s >= step for s in logged_steps(workdir)):
+    assert process.poll() is None, finish(process)
+    assert time.monotonic() < deadline, f"the run logged no step >= {step} in {timeout}s"
+    time.sleep(0.02)

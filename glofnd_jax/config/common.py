@@ -55,6 +55,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _require(config.log_every_steps > 0, "log_every_steps", config.log_every_steps, "use >= 1.")
   _require(config.checkpoint_every_steps > 0, "checkpoint_every_steps",
            config.checkpoint_every_steps, "use >= 1.")
+  _require(config.keep_checkpoints >= 1, "keep_checkpoints", config.keep_checkpoints,
+           "keep at least one checkpoint (use >= 1; 0 would delete every checkpoint of the run).")
   _require(config.glofnd.mode in detection.MODES, "glofnd.mode", config.glofnd.mode,
            f"choose one of {', '.join(detection.MODES)}.")
   _require(config.loss.temperature > 0, "loss.temperature", config.loss.temperature,

@@ -29,6 +29,7 @@ depend on (:func:`config_fingerprint`).
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 from typing import Any, Callable
 
@@ -129,13 +130,32 @@ class Checkpointer:
     """Start an (async) save of ``state``, the iterator position and the fingerprint at ``step``.
 
     The caller makes sure ``state`` is finite (the train loop checks before every save).
+
+    Raises:
+      OSError: the checkpoint directory cannot be written (naming it and the OS error), at once
+        instead of after orbax's timeout; the previous checkpoints are untouched.
     """
+    self._check_writable(step)
     items = {STATE: ocp.args.StandardSave(state)}
     if data_iterator is not None:
       items[DATA] = grain.checkpoint.CheckpointSave(data_iterator)
     if self.fingerprint is not None:
       items[FINGERPRINT] = ocp.args.JsonSave(self.fingerprint)
     return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+  def _check_writable(self, step: int) -> None:
+    """Create and remove a probe file in the directory (process 0): fails fast and clearly."""
+    if jax.process_index() != 0:
+      return
+    probe = self.directory / f".write_probe_{step}"
+    try:
+      probe.write_bytes(b"")
+      probe.unlink()
+    except OSError as error:
+      raise OSError(error.errno, f"cannot save checkpoint step {step}: {self.directory} is not "
+                    f"writable ({error.strerror or error}); the previous checkpoints are kept. "
+                    "Free space or fix the permissions, then run the same command again to "
+                    "resume.") from error
 
   def saved_fingerprint(self, step: int) -> dict | None:
     """The fingerprint stored with ``step`` (``None`` for checkpoints written without one)."""
@@ -195,6 +215,49 @@ class Checkpointer:
     if data_iterator is not None and self.on_restore is not None:
       state = self.on_restore(state, step)
     return state, step
+
+  def restore_newest_complete(self, state_target, data_iterator=None):
+    """:meth:`restore` of the newest checkpoint that restores completely.
+
+    Each newer one that does not (a truncated or missing array file, garbage metadata, data
+    position or fingerprint, an empty step folder) is named with the reason in one line and
+    moved aside to ``<directory>/corrupt/<step>-<n>`` (never deleted). A config mismatch
+    (:class:`IncompatibleCheckpointError`) is not corruption and still refuses.
+
+    Raises:
+      FileNotFoundError: no checkpoint restores (the message says what to do).
+    """
+    moved = []
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        return self.restore(state_target, data_iterator, step)
+      except IncompatibleCheckpointError:
+        raise
+      except Exception as error:  # noqa: BLE001 - any failure to read a step means it is damaged
+        reason = " ".join(f"{type(error).__name__}: {error}".split())[:300]
+        moved.append(self._move_aside(step, reason))
+    raise FileNotFoundError(
+        f"no checkpoint in {self.directory} restores (moved aside: {', '.join(moved)}). Running "
+        "the same command again starts this run over from step 0; to keep the work done, copy "
+        "the run's checkpoints back from a backup, or start in another --workdir.")
+
+  def _move_aside(self, step: int, reason: str) -> str:
+    """Move step ``step``'s folder to ``corrupt/<step>-<n>`` (process 0) and say why."""
+    corrupt = self.directory / "corrupt"
+    n = 0
+    while (corrupt / f"{step}-{n}").exists():
+      n += 1
+    target = corrupt / f"{step}-{n}"
+    if jax.process_index() == 0:
+      corrupt.mkdir(parents=True, exist_ok=True)
+      os.replace(self.directory / str(step), target)
+    print(f"checkpoint step {step} in {self.directory} does not restore ({reason}); moved to "
+          f"{target}, trying the next older one.", flush=True)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices(f"checkpoint_moved_aside_{step}_{n}")
+    self._manager.reload()
+    return str(target)
 
   def _restore_iterator_across_process_counts(self, step: int, data_iterator) -> bool:
     """Set the iterator from a save by another number of processes; False if not needed.

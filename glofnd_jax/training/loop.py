@@ -15,6 +15,7 @@ parameter, lambda or ``u`` stops the run before anything non-finite is saved
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pathlib
@@ -38,6 +39,25 @@ STATUS_FILE = "status.json"
 def save_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
   if jax.process_index() == 0:
     (workdir / CONFIG_FILE).write_text(config.to_json_best_effort(indent=1) + "\n")
+
+
+LOCK_FILE = "run.lock"
+
+
+def lock_workdir(workdir: pathlib.Path):
+  """Process 0 takes an exclusive ``flock`` on ``workdir/run.lock`` for the run (the open file
+  is returned; closing it releases the lock). The kernel drops the lock when the process dies,
+  so a killed run never leaves it stuck. Other processes take none (one lock per run)."""
+  if jax.process_index() != 0:
+    return None
+  handle = (workdir / LOCK_FILE).open("a")
+  try:
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    handle.close()
+    raise RuntimeError(f"{workdir} is in use by another run (it holds {workdir / LOCK_FILE}); "
+                       "wait for that run to end, or use another --workdir.") from None
+  return handle
 
 
 def write_status(workdir: pathlib.Path, status: str, step: int, total_steps: int) -> None:
@@ -84,7 +104,7 @@ def restore_or_init(run, checkpointer, iterator):
   state = run.init_state()
   if checkpointer.latest_step() is None:
     return state, 0
-  state, first_step = checkpointer.restore(state, iterator)
+  state, first_step = checkpointer.restore_newest_complete(state, iterator)
   print(f"resumed from step {first_step} in {checkpointer.directory}")
   return state, first_step
 
@@ -105,7 +125,7 @@ class Outputs:
 
   def __init__(self, run, first_step: int, last_step: int):
     self.run = run
-    self.writer = MetricWriter(run.workdir)
+    self.writer = MetricWriter(run.workdir, first_step=first_step)
     self.monitor = nonfinite_lib.Monitor(run.config.get("nonfinite", "stop"))
     self.bar = tqdm(total=last_step, initial=first_step, unit="step", dynamic_ncols=True,
                     disable=jax.process_index() != 0, mininterval=2.0)
@@ -188,20 +208,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, evaluate: 
     evaluated.
   """
   distributed.initialize()
-  workdir = open_workdir(workdir)
-  run = task_lib.build_run(config, workdir)
-  save_config(config, workdir)
-  iterator, checkpointer = run.iterator(), run.checkpointer()
-  state, first = restore_or_init(run, checkpointer, iterator)
-  last = min(run.total_steps, first + stop_after_steps) if stop_after_steps else run.total_steps
-  print(describe(run))
-  # Listening until the last save is complete; a SIGTERM during evaluation then ends the process.
+  # Listening from the start until the last save is complete: a SIGTERM while the run is built
+  # or restored stops it before the first step (exit 0, checkpoints untouched); one during
+  # evaluation ends the process.
   guard = preemption.PreemptionGuard().install()
+  checkpointer = lock = None
   try:
-    state, last, preempted = run_steps(run, state, iterator, checkpointer, guard, first, last)
+    workdir = open_workdir(workdir)
+    lock = lock_workdir(workdir)
+    run = task_lib.build_run(config, workdir)
+    iterator, checkpointer = run.iterator(), run.checkpointer()
+    state, first = restore_or_init(run, checkpointer, iterator)
+    save_config(config, workdir)  # only once the resume check passed: a refused run writes none
+    last = min(run.total_steps, first + stop_after_steps) if stop_after_steps else run.total_steps
+    if guard.mode == "signal" and guard.should_stop(first):
+      preempted, last = True, first
+    else:
+      print(describe(run))
+      state, last, preempted = run_steps(run, state, iterator, checkpointer, guard, first, last)
   finally:
-    checkpointer.close()  # waits for the last save: the checkpoint is complete on return
+    if checkpointer is not None:
+      checkpointer.close()  # waits for the last save: the checkpoint is complete on return
     guard.uninstall()
+    if lock is not None:
+      lock.close()
+  if preempted and last == first:
+    write_status(run.workdir, "preempted", last, run.total_steps)
+    print(f"stopped before step {first + 1} on {guard.reason}; no checkpoint was written. Run the "
+          "same command again to start (or resume).", flush=True)
+    return {}
   return finish(run, state, last, preempted, guard.reason, evaluate)
 
 

@@ -7,24 +7,58 @@ train loop calls :meth:`write` every ``log_every_steps``, so the device is synch
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 
 import jax
 import numpy as np
 
 
-class MetricWriter:
+def cut_metrics(path: pathlib.Path, last_step: int) -> None:
+  """Keep the complete rows of ``path`` with ``step <= last_step`` (rewritten atomically).
 
-  def __init__(self, workdir, *, tensorboard: bool = True):
+  A resumed run logs again every step after its checkpoint, and a kill while writing leaves a
+  torn last line; both are dropped here so the file equals an uninterrupted run's.
+  """
+  if not path.exists():
+    return
+  kept = []
+  for line in path.read_text().splitlines(keepends=True):
+    try:
+      row = json.loads(line) if line.endswith("\n") else None
+    except json.JSONDecodeError:
+      row = None
+    if isinstance(row, dict) and row.get("step", last_step + 1) <= last_step:
+      kept.append(line)
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text("".join(kept))
+  os.replace(tmp, path)
+
+
+class MetricWriter:
+  """Appends to ``workdir/metrics.jsonl`` and TensorBoard events.
+
+  Args:
+    workdir: the run directory.
+    tensorboard: also write TensorBoard events.
+    first_step: the step the run starts from (the restored checkpoint's, 0 when fresh): rows
+      and TensorBoard events after it, left by an interrupted run, are dropped.
+  """
+
+  def __init__(self, workdir, *, tensorboard: bool = True, first_step: int | None = None):
     self.enabled = jax.process_index() == 0
     self.path = pathlib.Path(workdir) / "metrics.jsonl"
     self._tb = None
     if self.enabled:
       self.path.parent.mkdir(parents=True, exist_ok=True)
+      if first_step is not None:
+        cut_metrics(self.path, first_step)
       self._file = self.path.open("a")
       if tensorboard:
         from tensorboardX import SummaryWriter  # no TensorFlow needed
-        self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"))
+        # purge_step: TensorBoard discards the events of earlier files from that step on.
+        purge = None if first_step is None else first_step + 1
+        self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"), purge_step=purge)
 
   def write(self, step: int, metrics: dict) -> dict:
     """Log scalar ``metrics`` at ``step``; returns them as floats."""

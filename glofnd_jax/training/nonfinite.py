@@ -44,7 +44,24 @@ def _is_per_sample_rows(leaf, num_samples_padded: int) -> bool:
   return jnp.ndim(leaf) >= 1 and leaf.shape[0] == num_samples_padded
 
 
-def nonfinite_flags(new: TrainState, metrics: dict, batch: dict, num_samples_padded: int) -> dict:
+def _per_sample_rows(per_sample, index: jax.Array, num_samples_padded: int):
+  """``per_sample`` with every ``(N_pad, ...)`` leaf replaced by its batch rows ``(R, ...)``
+  (other leaves, e.g. shared ``(1,)`` thresholds, as they are)."""
+  return jax.tree.map(
+      lambda leaf: (per_sample_lib.gather(leaf, index)
+                    if _is_per_sample_rows(leaf, num_samples_padded) else leaf), per_sample)
+
+
+def _write_rows(per_sample, rows, index: jax.Array, num_samples_padded: int):
+  """``per_sample`` with ``rows`` (from :func:`_per_sample_rows`) written at ``index``."""
+  return jax.tree.map(
+      lambda leaf, leaf_rows: (per_sample_lib.scatter(leaf, index, leaf_rows)
+                               if _is_per_sample_rows(leaf, num_samples_padded) else leaf),
+      per_sample, rows)
+
+
+def nonfinite_flags(new: TrainState, metrics: dict, batch: dict, num_samples_padded: int,
+                    new_rows: Any = None) -> dict:
   """``{array name: () bool}``, True where a step produced a non-finite value.
 
   Args:
@@ -52,6 +69,7 @@ def nonfinite_flags(new: TrainState, metrics: dict, batch: dict, num_samples_pad
     metrics: its metrics (``loss`` and ``grad_norm`` are read).
     batch: the batch (every ``index*`` entry is read).
     num_samples_padded: N_pad; leaves with this leading dimension are per-sample arrays.
+    new_rows: ``new.per_sample`` at the batch rows, if the caller has gathered them already.
 
   Per-sample arrays are checked only at the batch's rows: a step writes no other row, and the
   state before the step was finite, so this is exact at O(batch) cost.
@@ -61,34 +79,34 @@ def nonfinite_flags(new: TrainState, metrics: dict, batch: dict, num_samples_pad
            "params": ~_all_finite(new.params),
            "batch_stats": ~_all_finite(new.batch_stats),
            "opt_state": ~_all_finite(new.opt_state)}
-  index = _batch_index(batch)
-  for path, leaf in jax.tree_util.tree_flatten_with_path(new.per_sample)[0]:
-    if not jnp.issubdtype(leaf.dtype, jnp.inexact):
-      continue
-    is_rows = _is_per_sample_rows(leaf, num_samples_padded)
-    rows = per_sample_lib.gather(leaf, index) if is_rows else leaf
-    flags["per_sample" + jax.tree_util.keystr(path)] = ~jnp.all(jnp.isfinite(rows))
+  if new_rows is None:
+    new_rows = _per_sample_rows(new.per_sample, _batch_index(batch), num_samples_padded)
+  for path, rows in jax.tree_util.tree_flatten_with_path(new_rows)[0]:
+    if jnp.issubdtype(rows.dtype, jnp.inexact):
+      flags["per_sample" + jax.tree_util.keystr(path)] = ~jnp.all(jnp.isfinite(rows))
   return flags
 
 
-def _keep_old_state(bad: jax.Array, old: TrainState, new: TrainState, batch: dict,
-                    num_samples_padded: int) -> TrainState:
+def _keep_old_state(bad: jax.Array, old: TrainState, new: TrainState, old_rows, new_rows,
+                    index: jax.Array, num_samples_padded: int) -> TrainState:
   """``old`` where ``bad`` else ``new``, for every leaf but the step count (a skipped batch is
-  still consumed). Per-sample arrays are restored only at the batch rows (O(batch), in place)."""
+  still consumed). Per-sample arrays are restored only at the batch rows (O(batch), in place):
+  ``old_rows`` / ``new_rows`` are ``old`` / ``new`` per-sample state at ``index``."""
   pick = lambda n, o: jnp.where(bad, o, n)
-  index = _batch_index(batch)
 
-  def per_sample_leaf(n, o):
+  def per_sample_leaf(n, o, n_rows, o_rows):
     if not _is_per_sample_rows(n, num_samples_padded):
       return pick(n, o)
-    rows = pick(per_sample_lib.gather(n, index), per_sample_lib.gather(o, index))
-    return per_sample_lib.scatter(n, index, rows)
+    # The written rows depend on rows gathered from ``n`` itself, so the scatter runs after that
+    # gather and updates ``n``'s buffer in place.
+    return per_sample_lib.scatter(n, index, pick(n_rows, o_rows))
 
   return new.replace(
       params=jax.tree.map(pick, new.params, old.params),
       batch_stats=jax.tree.map(pick, new.batch_stats, old.batch_stats),
       opt_state=jax.tree.map(pick, new.opt_state, old.opt_state),
-      per_sample=jax.tree.map(per_sample_leaf, new.per_sample, old.per_sample),
+      per_sample=jax.tree.map(per_sample_leaf, new.per_sample, old.per_sample, new_rows,
+                              old_rows),
       skipped_batches=old.skipped_batches + bad.astype(jnp.int32))
 
 
@@ -101,11 +119,23 @@ def guard(step_fn, policy: str, num_samples_padded: int):
     return step_fn
 
   def guarded(state: TrainState, batch: dict):
-    new_state, metrics = step_fn(state, batch)
-    flags = nonfinite_flags(new_state, metrics, batch, num_samples_padded)
-    if policy == "skip":
+    if policy == "stop":
+      new_state, metrics = step_fn(state, batch)
+      flags = nonfinite_flags(new_state, metrics, batch, num_samples_padded)
+    else:
+      index = _batch_index(batch)
+      old_rows = _per_sample_rows(state.per_sample, index, num_samples_padded)
+      # The old batch rows must be read before the step writes the donated per-sample buffers in
+      # place, or XLA copies every per-sample shard to keep the old values alive. Writing them
+      # back (a no-op, O(batch)) makes the step's input depend on that read, which orders it.
+      state = state.replace(per_sample=_write_rows(state.per_sample, old_rows, index,
+                                                   num_samples_padded))
+      new_state, metrics = step_fn(state, batch)
+      new_rows = _per_sample_rows(new_state.per_sample, index, num_samples_padded)
+      flags = nonfinite_flags(new_state, metrics, batch, num_samples_padded, new_rows)
       bad = jnp.any(jnp.stack(list(flags.values())))
-      new_state = _keep_old_state(bad, state, new_state, batch, num_samples_padded)
+      new_state = _keep_old_state(bad, state, new_state, old_rows, new_rows, index,
+                                  num_samples_padded)
       metrics["skipped_batches"] = new_state.skipped_batches.astype(jnp.float32)
     metrics.update({PREFIX + k: v.astype(jnp.float32) for k, v in flags.items()})
     return new_state, metrics

@@ -8,7 +8,9 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
+import zipfile
 
 import matplotlib
 
@@ -27,15 +29,28 @@ def lambda_histogram(lam) -> np.ndarray:
 
 
 def save_lambda_snapshot(workdir, epoch: int, lam) -> None:
-  """Append lambda's histogram at ``epoch`` to ``workdir/lambda_snapshots.npz``."""
+  """Append lambda's histogram at ``epoch`` to ``workdir/lambda_snapshots.npz``.
+
+  Entries at ``epoch`` or later (left by an interrupted run that is now resumed) are replaced,
+  and the file is rewritten atomically (tmp + rename); an unreadable file (torn by a kill before
+  this was atomic) is moved aside to ``lambda_snapshots.npz.corrupt`` and started afresh.
+  """
   path = pathlib.Path(workdir) / "lambda_snapshots.npz"
   epochs, counts = [], []
   if path.exists():
-    old = np.load(path)
-    epochs, counts = list(old["epochs"]), list(old["counts"])
-  epochs.append(epoch)
-  counts.append(lambda_histogram(lam))
-  np.savez(path, epochs=np.array(epochs), counts=np.array(counts), bins=LAMBDA_BINS)
+    try:
+      with np.load(path) as old:
+        epochs, counts = list(old["epochs"]), list(old["counts"])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+      print(f"{path} is unreadable ({type(error).__name__}: {error}); moved to "
+            f"{path.name}.corrupt, snapshots start afresh.")
+      os.replace(path, path.with_name(path.name + ".corrupt"))
+  kept = [i for i, e in enumerate(epochs) if e < epoch]
+  epochs = [epochs[i] for i in kept] + [epoch]
+  counts = [counts[i] for i in kept] + [lambda_histogram(lam)]
+  tmp = path.with_name("lambda_snapshots.tmp.npz")
+  np.savez(tmp, epochs=np.array(epochs), counts=np.array(counts), bins=LAMBDA_BINS)
+  os.replace(tmp, path)
 
 
 def _series(rows, key):
