@@ -55,7 +55,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.lambda_snapshot_every_epochs = 10
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = "digits"       # digits | synthetic | arrayrecord | imagenet100 | tfds:<name>
+  c.data.name = "digits"       # digits | glyphs | synthetic | arrayrecord | imagenet100 | tfds:*
   c.data.data_dir = ""         # our ArrayRecord dir or the TFDS data_dir ("" = default)
   c.data.train_split = "train"
   c.data.val_split = "val"     # "" = hold out eval.val_fraction of train for probe selection
@@ -175,7 +175,7 @@ def _validate_data(d: ml_collections.ConfigDict) -> None:
     _require(bool(data_dir), "data.data_dir", data_dir,
              "dataset 'arrayrecord' reads a directory written by `glofnd-jax convert-folder`; "
              "set --config.data.data_dir=DIR.")
-  if data_dir and "://" not in data_dir and name != "digits":
+  if data_dir and "://" not in data_dir and name not in ("digits", "glyphs"):
     _require(pathlib.Path(data_dir).expanduser().is_dir(), "data.data_dir", data_dir,
              f"the directory does not exist; point it at the prepared data of {name!r}.")
 
