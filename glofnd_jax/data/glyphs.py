@@ -33,9 +33,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pathlib
-import shutil
 import string
-import tempfile
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -259,18 +257,7 @@ def _expected_extra(image_size: int, seed: int, per_class: tuple[int, ...]) -> d
 
 
 def _is_valid(data_dir: pathlib.Path, expected: dict) -> bool:
-  try:
-    info = records.read_info(data_dir)
-  except (FileNotFoundError, ValueError):
-    return False
-  if any(info.extra.get(key) != value for key, value in expected.items()):
-    return False
-  try:
-    for split in SPLITS:
-      records.ArrayRecordImageSource(data_dir, split)
-  except (FileNotFoundError, ValueError):
-    return False
-  return True
+  return records.is_complete(data_dir, SPLITS, expected)
 
 
 def prepare_glyphs(root_dir: str | os.PathLike, *, image_size: int = 16, seed: int = 0,
@@ -295,11 +282,8 @@ def prepare_glyphs(root_dir: str | os.PathLike, *, image_size: int = 16, seed: i
   if _is_valid(data_dir, expected):
     return data_dir
   splits, fonts = generate(image_size, seed=seed, per_class=per_class)
-  data_dir.parent.mkdir(parents=True, exist_ok=True)
-  # Build in a sibling temporary directory and move it into place, so a crash never leaves a
-  # half-written dataset under the final name.
-  tmp_dir = pathlib.Path(tempfile.mkdtemp(prefix=".glyphs_tmp", dir=data_dir.parent))
-  try:
+
+  def write(tmp_dir):
     sizes = {split: records.write_split(tmp_dir, split, zip(*splits[split]))
              for split in SPLITS}
     records.write_info(tmp_dir, records.ImageDatasetInfo(
@@ -307,18 +291,8 @@ def prepare_glyphs(root_dir: str | os.PathLike, *, image_size: int = 16, seed: i
         image_shape=[image_size, image_size, 1], encoding="raw", splits=sizes,
         extra={**expected, "source": "fonts bundled with matplotlib, rendered by Pillow",
                "fonts": fonts, "fingerprint": fingerprint(splits)}))
-    if data_dir.exists():
-      shutil.rmtree(data_dir)  # invalid or stale: replaced as a whole
-    try:
-      os.replace(tmp_dir, data_dir)
-    except OSError:
-      # Another process finished first (the rename target is now a non-empty directory).
-      if not _is_valid(data_dir, expected):
-        raise
-  finally:
-    if tmp_dir.exists():
-      shutil.rmtree(tmp_dir)
-  return data_dir
+
+  return records.build_dataset_dir(data_dir, write, lambda path: _is_valid(path, expected))
 
 
 def glyphs_source(root_dir: str | os.PathLike, split: str = "train", *, image_size: int = 16,
