@@ -105,7 +105,7 @@ def _validate_data(d: ml_collections.ConfigDict) -> None:
     _require(bool(data_dir), "data.data_dir", data_dir,
              "dataset 'arrayrecord' reads a directory written by `glofnd-jax convert-folder`; "
              "set --config.data.data_dir=DIR.")
-  if data_dir and "://" not in data_dir and name != "digits":
+  if data_dir and "://" not in data_dir and name not in ("digits", "glyphs"):
     _require(pathlib.Path(data_dir).expanduser().is_dir(), "data.data_dir", data_dir,
              f"the directory does not exist; point it at the prepared data of {name!r}.")
 

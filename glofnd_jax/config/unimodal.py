@@ -27,7 +27,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.lambda_snapshot_every_epochs = 10
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = "digits"       # digits | synthetic | arrayrecord | imagenet100 | tfds:<name>
+  c.data.name = "digits"       # digits | glyphs | synthetic | arrayrecord | imagenet100 | tfds:*
   c.data.data_dir = ""         # our ArrayRecord dir or the TFDS data_dir ("" = default)
   c.data.train_split = "train"
   c.data.val_split = "val"     # "" = hold out eval.val_fraction of train for probe selection

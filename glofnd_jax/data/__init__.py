@@ -3,6 +3,7 @@
 * :mod:`~glofnd_jax.data.records`     our ArrayRecord image format (writer, reader, metadata).
 * :mod:`~glofnd_jax.data.folder`      folder of class subfolders -> our format (CLI ``main``).
 * :mod:`~glofnd_jax.data.digits`      the embedded default: scikit-learn's digits, split, cached.
+* :mod:`~glofnd_jax.data.glyphs`      embedded letters and digits rendered from matplotlib's fonts.
 * :mod:`~glofnd_jax.data.tfds_source` prepared TFDS datasets, read without TensorFlow.
 * :mod:`~glofnd_jax.data.imagenet100` the ImageNet-100 subset of TFDS imagenet2012.
 * :mod:`~glofnd_jax.data.synthetic`   class-structured random images for tests.
@@ -14,6 +15,7 @@ TFDS is imported only when a TFDS source is opened.
 """
 
 from glofnd_jax.data.digits import digits_source, prepare_digits
+from glofnd_jax.data.glyphs import glyphs_source, prepare_glyphs
 from glofnd_jax.data.folder import convert_folder
 from glofnd_jax.data.pipeline import make_dataset, make_iterator, steps_per_epoch
 from glofnd_jax.data.records import ArrayRecordImageSource, ImageDatasetInfo

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import shutil
-import tempfile
 
 import numpy as np
 
@@ -65,18 +63,7 @@ def _load_digits_uint8() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _is_valid(data_dir: pathlib.Path, seed: int, fractions: tuple[float, ...]) -> bool:
-  try:
-    info = records.read_info(data_dir)
-  except (FileNotFoundError, ValueError):
-    return False
-  if info.extra.get("seed") != seed or info.extra.get("fractions") != list(fractions):
-    return False
-  try:
-    for split in SPLITS:
-      records.ArrayRecordImageSource(data_dir, split)
-  except (FileNotFoundError, ValueError):
-    return False
-  return True
+  return records.is_complete(data_dir, SPLITS, {"seed": seed, "fractions": list(fractions)})
 
 
 def prepare_digits(root_dir: str | os.PathLike, *, seed: int = 0,
@@ -99,11 +86,8 @@ def prepare_digits(root_dir: str | os.PathLike, *, seed: int = 0,
     return data_dir
   images, labels = _load_digits_uint8()
   parts = split_indices(labels, fractions, seed)
-  data_dir.parent.mkdir(parents=True, exist_ok=True)
-  # Build in a sibling temporary directory and move it into place, so a crash never leaves a
-  # half-written dataset under the final name.
-  tmp_dir = pathlib.Path(tempfile.mkdtemp(prefix=".digits_tmp", dir=data_dir.parent))
-  try:
+
+  def write(tmp_dir):
     sizes = {}
     for split in SPLITS:
       rows = parts[split]
@@ -114,18 +98,9 @@ def prepare_digits(root_dir: str | os.PathLike, *, seed: int = 0,
         extra={"source": "sklearn.datasets.load_digits", "seed": seed,
                "fractions": list(fractions),
                "source_indices": {s: parts[s].tolist() for s in SPLITS}}))
-    if data_dir.exists():
-      shutil.rmtree(data_dir)  # invalid or stale: replaced as a whole
-    try:
-      os.replace(tmp_dir, data_dir)
-    except OSError:
-      # Another process finished first (the rename target is now a non-empty directory).
-      if not _is_valid(data_dir, seed, fractions):
-        raise
-  finally:
-    if tmp_dir.exists():
-      shutil.rmtree(tmp_dir)
-  return data_dir
+
+  return records.build_dataset_dir(data_dir, write,
+                                   lambda path: _is_valid(path, seed, fractions))
 
 
 def digits_source(root_dir: str | os.PathLike, split: str = "train", *, seed: int = 0,

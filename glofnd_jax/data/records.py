@@ -20,7 +20,9 @@ import dataclasses
 import json
 import os
 import pathlib
-from typing import Any, Iterable
+import shutil
+import tempfile
+from typing import Any, Callable, Iterable
 
 import grain
 import msgpack
@@ -143,6 +145,47 @@ def write_info(data_dir: str | os.PathLike, info: ImageDatasetInfo) -> None:
   tmp = path.with_name(path.name + ".tmp")
   tmp.write_text(json.dumps(info.to_json(), indent=1))
   os.replace(tmp, path)
+
+
+def is_complete(data_dir: str | os.PathLike, splits: Iterable[str],
+                expected_extra: dict[str, Any]) -> bool:
+  """Whether ``data_dir`` holds every split in full and its ``extra`` has these values."""
+  try:
+    info = read_info(data_dir)
+    if any(info.extra.get(key) != value for key, value in expected_extra.items()):
+      return False
+    for split in splits:
+      ArrayRecordImageSource(data_dir, split)
+  except (FileNotFoundError, ValueError):
+    return False
+  return True
+
+
+def build_dataset_dir(data_dir: str | os.PathLike, write: Callable[[pathlib.Path], None],
+                      is_valid: Callable[[pathlib.Path], bool]) -> pathlib.Path:
+  """Makes ``data_dir`` with ``write(tmp_dir)`` in a sibling temporary directory, then moves it in.
+
+  A crash never leaves a half-written dataset under the final name; an existing (invalid or
+  stale) ``data_dir`` is replaced as a whole. If another process finished first, its result is
+  kept when ``is_valid(data_dir)``.
+  """
+  data_dir = pathlib.Path(data_dir)
+  data_dir.parent.mkdir(parents=True, exist_ok=True)
+  tmp_dir = pathlib.Path(tempfile.mkdtemp(prefix=f".{data_dir.name}_tmp", dir=data_dir.parent))
+  try:
+    write(tmp_dir)
+    if data_dir.exists():
+      shutil.rmtree(data_dir)
+    try:
+      os.replace(tmp_dir, data_dir)
+    except OSError:
+      # Another process finished first (the rename target is now a non-empty directory).
+      if not is_valid(data_dir):
+        raise
+  finally:
+    if tmp_dir.exists():
+      shutil.rmtree(tmp_dir)
+  return data_dir
 
 
 def read_info(data_dir: str | os.PathLike) -> ImageDatasetInfo:

@@ -12,12 +12,13 @@ import pathlib
 from typing import Any
 
 from glofnd_jax.data.digits import digits_source
+from glofnd_jax.data.glyphs import glyphs_source
 from glofnd_jax.data.imagenet100 import imagenet100_source
 from glofnd_jax.data.records import ArrayRecordImageSource
 from glofnd_jax.data.synthetic import SyntheticSource
 from glofnd_jax.data.tfds_source import TfdsSource
 
-NAMES = ("digits", "synthetic", "arrayrecord", "imagenet100", "tfds:<name>")
+NAMES = ("digits", "glyphs", "synthetic", "arrayrecord", "imagenet100", "tfds:<name>")
 
 
 def get_source(name: str, split: str, *, data_dir: str | os.PathLike | None = None,
@@ -26,20 +27,23 @@ def get_source(name: str, split: str, *, data_dir: str | os.PathLike | None = No
 
   Args:
     name: ``'digits'`` (embedded; splits train/val/test, prepared under ``workdir/data``),
-      ``'synthetic'`` (kwargs of :class:`SyntheticSource`), ``'arrayrecord'`` (our format at
-      ``data_dir``), ``'imagenet100'`` (TFDS imagenet2012 in ``data_dir``; the kept-record list is
-      cached under ``workdir/data``), or ``'tfds:<name>'`` (any TFDS dataset in ``data_dir``).
+      ``'glyphs'`` (embedded letters and digits, 62 classes, same splits and place; kwargs of
+      :func:`~glofnd_jax.data.glyphs.glyphs_source`, e.g. ``image_size``), ``'synthetic'``
+      (kwargs of :class:`SyntheticSource`), ``'arrayrecord'`` (our format at ``data_dir``),
+      ``'imagenet100'`` (TFDS imagenet2012 in ``data_dir``; the kept-record list is cached under
+      ``workdir/data``), or ``'tfds:<name>'`` (any TFDS dataset in ``data_dir``).
     split: split name as the dataset spells it (``'val'`` for ours, ``'validation'`` in TFDS).
     data_dir: where the data lives (our format's directory, or the TFDS data_dir).
     workdir: the run's work directory, for data derived on first use.
     **kwargs: passed to the source's constructor.
   """
   cache_root = None if workdir is None else pathlib.Path(workdir) / "data"
-  if name == "digits":
+  if name in ("digits", "glyphs"):
     root = data_dir if data_dir is not None else cache_root
     if root is None:
-      raise ValueError("the digits need a directory to be written to: pass workdir or data_dir.")
-    return digits_source(root, split, **kwargs)
+      raise ValueError(f"the {name} need a directory to be written to: pass workdir or data_dir.")
+    prepare = digits_source if name == "digits" else glyphs_source
+    return prepare(root, split, **kwargs)
   if name == "synthetic":
     return SyntheticSource(split=split, **kwargs)
   if name == "arrayrecord":

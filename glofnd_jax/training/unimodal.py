@@ -51,6 +51,8 @@ class UnimodalRun(task_lib.Task):
     if d.name == "synthetic":
       kwargs = dict(num_samples=d.synthetic_num_samples,
                     image_shape=(d.image_size, d.image_size, d.channels))
+    if d.name == "glyphs":
+      kwargs = dict(image_size=d.image_size)  # rendered at the training size, not resized
     try:
       return data.get_source(d.name, split, data_dir=d.data_dir or None, workdir=self.workdir,
                              **kwargs)
