@@ -7,11 +7,11 @@ neither kNN nor the probes saturate. A small CNN, about ten minutes on a 2-core 
   glofnd-jax train --config configs/glyphs_sogclr_glofnd.py --workdir workdir/glyphs
 """
 
-from glofnd_jax import config_lib
+from glofnd_jax.config import unimodal as unimodal_config
 
 
 def get_config():
-  c = config_lib.base_config()
+  c = unimodal_config.base_config()
   c.data.name = "glyphs"
   c.data.image_size = 16
   c.data.channels = 1

@@ -101,6 +101,7 @@ class UnimodalConfig:
   temperature: float = 0.1
   gamma: float = 0.9
   quantile_metric: bool = False
+  treatment: str = "remove"
   tau_w: float = 0.05
 
   def __post_init__(self):

@@ -6,8 +6,9 @@ import pathlib
 import numpy as np
 import pytest
 
-from glofnd_jax import data, train
+from glofnd_jax import data
 from glofnd_jax.data import glyphs, records
+from glofnd_jax.training import loop
 
 TINY = (6, 2, 3)  # images per class: 372 / 124 / 186
 CONFIG = pathlib.Path(__file__).resolve().parent.parent / "configs" / "glyphs_sogclr_glofnd.py"
@@ -117,6 +118,6 @@ def test_one_epoch_train_run(tmp_path, monkeypatch):
   c.log_every_steps = 2
   # The run's own cache is the tiny dataset: the run asks for the default size.
   monkeypatch.setattr(glyphs, "DEFAULT_PER_CLASS", TINY)
-  results = train.train_and_evaluate(c, tmp_path)
+  results = loop.train_and_evaluate(c, tmp_path)
   assert 0.0 <= results["knn"]["top1"] <= 1.0
   assert results["lambda_error"]["num_samples"] == 62 * TINY[0]
