@@ -90,10 +90,10 @@ def measure(impl: str, devices: int, batch: int, dim: int, steps: int) -> dict:
              batch if impl == "dense" else batch // devices)}
   if steps:
     rng = np.random.default_rng(0)
-    sharding = sharding.batch_sharding(mesh)
-    img = jax.device_put(rng.normal(size=(batch, dim)).astype(np.float32), sharding)
-    txt = jax.device_put(rng.normal(size=(batch, dim)).astype(np.float32), sharding)
-    idx = jax.device_put(rng.permutation(num_samples)[:batch].astype(np.int32), sharding)
+    rows_sharding = sharding.batch_sharding(mesh)
+    img = jax.device_put(rng.normal(size=(batch, dim)).astype(np.float32), rows_sharding)
+    txt = jax.device_put(rng.normal(size=(batch, dim)).astype(np.float32), rows_sharding)
+    idx = jax.device_put(rng.permutation(num_samples)[:batch].astype(np.int32), rows_sharding)
     state = jax.device_put(state, state_sharding)
     scale = jnp.float32(np.exp(siglip.LOG_SCALE_INIT))
     bias = jnp.float32(siglip.BIAS_INIT)
