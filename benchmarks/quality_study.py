@@ -1,8 +1,11 @@
-"""Representation quality on the digits by detection mode: none/fnd/glofnd/glofnd_shared/oracle.
+"""Representation quality by study arm: a detector, optionally with a treatment or an ablation.
 
-SogCLR on the digits default (``configs/digits_sogclr_glofnd.py``), several seeds per mode. A seed
-fixes the network initialisation and the data order, so runs of the same seed are paired across
-modes. Per run: kNN top-1, linear probe at 100/10/2% labels (C chosen on the validation split),
+SogCLR on an embedded recipe (default ``configs/digits_sogclr_glofnd.py``; ``--config`` picks
+another, e.g. the glyphs), several seeds per arm. An arm is a detection mode (none, fnd, glofnd,
+glofnd_shared, oracle), optionally followed by ``+attract`` / ``+reweight`` (the treatment of what
+it flags; ``remove`` otherwise) and ``+per_sample`` (Adam's bias correction from each sample's own
+update count instead of the epoch rule), e.g. ``glofnd+reweight``. A seed fixes the network
+initialisation and the data order, so runs of the same seed are paired across arms. Per run: kNN top-1, linear probe at 100/10/2% labels (C chosen on the validation split),
 and the false-negative precision/recall of the detector (in-batch, averaged over the last training
 epoch, every mode; and, for the learned modes, of the rule ``s_ij > lambda_i`` over all pairs of
 the training set).
@@ -10,14 +13,16 @@ the training set).
 Protocol:
 
 1. Tuning (GloFND only, validation split only): a grid over ``alpha`` and the start epoch
-   (``start_update_epoch = start_mask_epoch``) on tuning seeds disjoint from the test seeds; each
+   (``start_update_epoch = start_mask_epoch``) on tuning seeds disjoint from the test seeds, then,
+   when a ``reweight`` arm is studied, ``tau_w`` for ``glofnd+reweight`` at the chosen pair; each
    run is evaluated with the validation split standing in for the test split (the probe then
    picks C on 10 % held out of train), so the test split is never read. The score is the mean of
    kNN top-1 and 100 %-label probe accuracy on validation, averaged over tuning seeds.
-2. Test: every mode with the chosen ``alpha``/start (FND, the shared threshold and the oracle use
-   the same start epoch; FND the same alpha), on seeds 0..S-1, evaluated on the test split.
-3. Statistics: mean +- std per mode; for each metric and each comparison (every mode vs ``none``,
-   ``glofnd`` vs ``fnd`` and vs ``glofnd_shared``), Welch's t-test and the paired t-test over seeds
+2. Test: every arm with the chosen ``alpha``/start/``tau_w`` (FND, the shared threshold and the
+   oracle use the same start epoch; FND the same alpha), on seeds 0..S-1, on the test split.
+3. Statistics: mean +- std per arm; for each metric and each comparison (every arm vs ``none``;
+   GloFND vs FND and vs the shared threshold under the same treatment; each treatment vs removal
+   by the same detector; ``+per_sample`` vs the epoch rule), Welch's and the paired t-test over seeds
    (scipy); the paired p-values are also Holm-Bonferroni adjusted over the family of all tests
    in the printed table.
 
@@ -25,8 +30,11 @@ Runs are cached: each run's work dir (default ``workdir/quality_study/``) keeps 
 ``results.json``, and a rerun reuses finished runs and resumes unfinished ones from their
 checkpoints. Writes ``benchmarks/results/quality_study.json`` and ``quality_study.png``.
 
-    python benchmarks/quality_study.py [--quick] [--seeds 5] [--modes ...] [--batch-size B]
-        [--no-tune --alpha A --start E] [--out FILE] [--cache DIR]
+    python benchmarks/quality_study.py [--quick] [--seeds 5] [--modes ARM,...] [--batch-size B]
+        [--config FILE] [--epochs E] [--alphas A,...] [--starts E,...]
+        [--no-tune --alpha A --start E --tau-w T] [--out FILE] [--cache DIR]
+
+``benchmarks/treatment_study.py`` runs this study over the treatment arms.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import argparse
 import contextlib
 import io
 import itertools
+import json
 import math
 import pathlib
 import tempfile
@@ -52,12 +61,16 @@ CONFIG = ROOT / "configs" / "digits_sogclr_glofnd.py"
 MODES = ("none", "fnd", "glofnd", "glofnd_shared", "oracle")
 ALPHAS = (0.02, 0.05, 0.1)
 STARTS = (10, 20)
+TAU_WS = (0.02, 0.05, 0.1)
+TREATMENTS = ("attract", "reweight")  # arm suffixes; no suffix is "remove"
+ABLATIONS = ("per_sample",)
 TUNING_SEEDS = (100, 101)
 METRICS = {  # name -> (label, getter on a results dict)
     "knn_top1": ("kNN top-1", lambda r: r["knn"]["top1"]),
     "probe_100": ("probe 100%", lambda r: r["linear_probe"]["1"]["accuracy"]),
     "probe_10": ("probe 10%", lambda r: r["linear_probe"]["0.1"]["accuracy"]),
     "probe_2": ("probe 2%", lambda r: r["linear_probe"]["0.02"]["accuracy"]),
+    "probe_1": ("probe 1%", lambda r: r["linear_probe"]["0.01"]["accuracy"]),
     "fn_precision_batch": ("FN precision (in-batch, last epoch)",
                            lambda r: r["meta"]["train_detector_last_epoch"].get("fn_precision")),
     "fn_recall_batch": ("FN recall (in-batch, last epoch)",
@@ -67,21 +80,47 @@ METRICS = {  # name -> (label, getter on a results dict)
     "fn_recall_dataset": ("FN recall (s > lambda, all train pairs)",
                           lambda r: (r.get("false_negatives") or {}).get("recall")),
 }
-REPRESENTATION = ("knn_top1", "probe_100", "probe_10", "probe_2")
+REPRESENTATION = ("knn_top1", "probe_100", "probe_10", "probe_2", "probe_1")
 FAMILY = REPRESENTATION + ("fn_precision_batch", "fn_recall_batch")  # the tests reported
 
 
-def load_config():
-  return load_config_file(CONFIG)
+def parse_arm(arm: str) -> dict:
+  """``"glofnd+reweight+per_sample"`` -> ``{"mode": "glofnd", "treatment": "reweight", ...}``."""
+  mode, *suffixes = arm.split("+")
+  if mode not in MODES:
+    raise SystemExit(f"arm {arm!r}: the detection mode must be one of {', '.join(MODES)}")
+  parsed = {"mode": mode, "treatment": "remove", "per_sample": False}
+  for suffix in suffixes:
+    if suffix in TREATMENTS and parsed["treatment"] == "remove":
+      parsed["treatment"] = suffix
+    elif suffix in ABLATIONS and not parsed[suffix]:
+      parsed[suffix] = True
+    else:
+      raise SystemExit(f"arm {arm!r}: {suffix!r} is not one of {', '.join(TREATMENTS + ABLATIONS)}"
+                       " (each at most once)")
+  if mode == "none" and suffixes:
+    raise SystemExit(f"arm {arm!r}: 'none' flags nothing, so it takes no treatment or ablation")
+  return parsed
 
 
-def make_config(mode: str, seed: int, alpha: float, start: int, *, epochs: int | None,
-                on_validation: bool, probe_fractions=None, batch_size: int | None = None):
-  c = load_config()
+def arm_name(mode: str, treatment: str = "remove", per_sample: bool = False) -> str:
+  return "+".join([mode] + ([treatment] if treatment != "remove" else [])
+                  + (["per_sample"] if per_sample else []))
+
+
+def make_config(config_path: pathlib.Path, arm: str, seed: int, alpha: float, start: int, *,
+                epochs: int | None, on_validation: bool, probe_fractions=None,
+                batch_size: int | None = None, tau_w: float | None = None):
+  c = load_config_file(config_path)
   c.seed = seed
   if batch_size is not None:
     c.batch_size = batch_size  # the optimiser's lr scales with it (config's lr_scaling)
-  c.glofnd.mode = mode
+  parsed = parse_arm(arm)
+  c.glofnd.mode = parsed["mode"]
+  c.glofnd.treatment = parsed["treatment"]
+  c.glofnd.per_sample_steps = parsed["per_sample"]
+  if tau_w is not None:
+    c.glofnd.tau_w = tau_w
   c.glofnd.alpha = alpha
   c.glofnd.start_update_epoch = start
   c.glofnd.start_mask_epoch = start
@@ -101,6 +140,10 @@ def run_once(config, workdir: pathlib.Path, log) -> dict:
   """Train + evaluate (or reuse a finished run's ``results.json``)."""
   results_file = workdir / "results.json"
   if results_file.exists():
+    written = json.loads((workdir / loop.CONFIG_FILE).read_text())
+    if written != json.loads(config.to_json_best_effort()):
+      raise SystemExit(f"{workdir} holds a finished run of another config (its config.json "
+                       "differs): use another --cache, or delete that run to recompute it.")
     return read_results(results_file)
   start = time.time()
   with contextlib.redirect_stdout(io.StringIO()) as captured:
@@ -121,23 +164,40 @@ def metric_values(results: dict) -> dict:
   return out
 
 
-def tune(cache: pathlib.Path, *, alphas, starts, seeds, epochs, log, batch_size=None) -> dict:
+def validation_score(config_path, cache, arm, alpha, start, seeds, *, tau_w=None, **kw) -> tuple:
+  """Mean over ``seeds`` of (kNN top-1 + first-probe accuracy) / 2 on the validation split."""
+  scores = []
+  for seed in seeds:
+    config = make_config(config_path, arm, seed, alpha, start, on_validation=True,
+                         tau_w=tau_w, **kw)
+    name = f"tune_{arm}_a{alpha:g}_s{start}" + ("" if tau_w is None else f"_t{tau_w:g}")
+    results = run_once(config, cache / f"{name}_seed{seed}", print)
+    probe = results["linear_probe"][next(iter(results["linear_probe"]))]
+    scores.append({"knn_top1": results["knn"]["top1"], "probe": probe["accuracy"]})
+  return float(np.mean([(s["knn_top1"] + s["probe"]) / 2 for s in scores])), scores
+
+
+def tune(config_path: pathlib.Path, cache: pathlib.Path, *, alphas, starts, seeds, log,
+         tau_ws=(), **kw) -> dict:
   rows = []
   for alpha, start in itertools.product(alphas, starts):
-    scores = []
-    for seed in seeds:
-      config = make_config("glofnd", seed, alpha, start, epochs=epochs, on_validation=True,
-                           probe_fractions=(1.0,), batch_size=batch_size)
-      results = run_once(config, cache / f"tune_a{alpha:g}_s{start}_seed{seed}", log)
-      scores.append({"knn_top1": results["knn"]["top1"],
-                     "probe_100": results["linear_probe"]["1"]["accuracy"]})
-    score = float(np.mean([(s["knn_top1"] + s["probe_100"]) / 2 for s in scores]))
+    score, scores = validation_score(config_path, cache, "glofnd", alpha, start, seeds, **kw)
     rows.append({"alpha": alpha, "start_epoch": start, "val_score": score, "per_seed": scores})
     log(f"tuning alpha={alpha:g} start={start}: val score {score:.4f}")
   best = max(rows, key=lambda r: r["val_score"])  # ties: the first in grid order
-  return {"grid": rows, "alpha": best["alpha"], "start_epoch": best["start_epoch"],
-          "seeds": list(seeds), "criterion": "mean over tuning seeds of (kNN top-1 + "
-          "100%-label probe accuracy) / 2 on the validation split"}
+  tuned = {"grid": rows, "alpha": best["alpha"], "start_epoch": best["start_epoch"],
+           "tau_w": None, "seeds": list(seeds), "criterion": "mean over tuning seeds of (kNN "
+           "top-1 + the first probe's accuracy) / 2 on the validation split"}
+  tau_rows = []
+  for tau_w in tau_ws:  # at the chosen (alpha, start): the detector is tuned once, for removal
+    score, scores = validation_score(config_path, cache, "glofnd+reweight", best["alpha"],
+                                     best["start_epoch"], seeds, tau_w=tau_w, **kw)
+    tau_rows.append({"tau_w": tau_w, "val_score": score, "per_seed": scores})
+    log(f"tuning tau_w={tau_w:g}: val score {score:.4f}")
+  if tau_rows:
+    tuned["tau_w_grid"] = tau_rows
+    tuned["tau_w"] = max(tau_rows, key=lambda r: r["val_score"])["tau_w"]
+  return tuned
 
 
 def compare(a: list, b: list) -> dict:
@@ -167,6 +227,24 @@ def holm(p_values: dict) -> dict:
   return adjusted
 
 
+def comparison_pairs(arms) -> list[tuple[str, str]]:
+  """The family of comparisons among ``arms``: each vs none; GloFND vs FND and vs the shared
+  threshold under the same treatment; each treatment vs removal by the same detector;
+  ``+per_sample`` vs the epoch rule."""
+  arms = list(arms)
+  pairs = [(a, "none") for a in arms if a != "none" and "none" in arms]
+  for a in arms:
+    p = parse_arm(a)
+    if p["mode"] == "glofnd":
+      pairs += [(a, b) for other in ("fnd", "glofnd_shared")
+                if (b := arm_name(other, p["treatment"], p["per_sample"])) in arms]
+    if p["treatment"] != "remove":
+      pairs += [(a, b) for b in [arm_name(p["mode"], "remove", p["per_sample"])] if b in arms]
+    if p["per_sample"]:
+      pairs += [(a, b) for b in [arm_name(p["mode"], p["treatment"])] if b in arms]
+  return pairs
+
+
 def summarize(per_mode: dict) -> tuple[dict, dict]:
   summary = {}
   for mode, runs in per_mode.items():
@@ -177,10 +255,7 @@ def summarize(per_mode: dict) -> tuple[dict, dict]:
                               "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
                               "n": len(values)} if values else None)
   comparisons = {}
-  pairs = [(m, "none") for m in per_mode if m != "none" and "none" in per_mode]
-  pairs += [("glofnd", other) for other in ("fnd", "glofnd_shared")
-            if "glofnd" in per_mode and other in per_mode]
-  for a, b in pairs:
+  for a, b in comparison_pairs(per_mode):
     comparisons[f"{a} vs {b}"] = {
         name: compare([r[name] for r in per_mode[a]], [r[name] for r in per_mode[b]])
         for name in METRICS}
@@ -197,8 +272,9 @@ def plot(summary: dict, path: pathlib.Path, title: str) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   modes = list(summary)
-  groups = [REPRESENTATION, ("fn_precision_batch", "fn_recall_batch", "fn_precision_dataset",
-                             "fn_recall_dataset")]
+  groups = [measured(summary, REPRESENTATION),
+            measured(summary, ("fn_precision_batch", "fn_recall_batch", "fn_precision_dataset",
+                               "fn_recall_dataset"))]
   fig, axes = plt.subplots(1, 2, figsize=(13, 4.2), gridspec_kw={"width_ratios": [1, 1]})
   width = 0.8 / len(modes)
   for ax, names in zip(axes, groups):
@@ -210,7 +286,7 @@ def plot(summary: dict, path: pathlib.Path, title: str) -> None:
     ax.set_xticks(np.arange(len(names)))
     ax.set_xticklabels([METRICS[n][0].replace(" (", "\n(") for n in names], fontsize=7)
     ax.set_ylabel("%")
-  low = min(100 * (summary[m][n] or {"mean": 1})["mean"] for m in modes for n in REPRESENTATION)
+  low = min(100 * (summary[m][n] or {"mean": 1})["mean"] for m in modes for n in groups[0])
   axes[0].set_ylim(max(0, low - 8), 100.5)
   axes[0].set_title("representation (mean +- std over seeds)")
   axes[1].set_title("false-negative detection")
@@ -225,29 +301,54 @@ def fmt(entry) -> str:
   return "-" if entry is None else f"{100 * entry['mean']:.2f} +- {100 * entry['std']:.2f}"
 
 
+def measured(summary: dict, names) -> list[str]:
+  """The metrics of ``names`` that some arm measured (a recipe's probes decide which exist)."""
+  return [n for n in names if any(summary[arm][n] is not None for arm in summary)]
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true",
-                      help="none and glofnd, 1 seed, 2 epochs, 10%% probe only, no tuning "
+                      help="1 seed, 2 epochs, 10%% probe only, no tuning "
                            "(a smoke test)")
   parser.add_argument("--seeds", type=int, default=5)
-  parser.add_argument("--modes", default=",".join(MODES))
+  parser.add_argument("--modes", default=None,
+                      help="arms, comma-separated: MODE[+attract|+reweight][+per_sample] "
+                           "(default: every mode; quick: none,glofnd)")
+  parser.add_argument("--config", type=pathlib.Path, default=CONFIG, help="the recipe studied")
+  parser.add_argument("--epochs", type=int, default=None, help="instead of the recipe's")
+  parser.add_argument("--alphas", default=",".join(map(str, ALPHAS)), help="tuning grid")
+  parser.add_argument("--starts", default=",".join(map(str, STARTS)), help="tuning grid")
+  parser.add_argument("--tau-ws", default=",".join(map(str, TAU_WS)),
+                      help="tuning grid of tau_w (only when a +reweight arm is studied)")
+  parser.add_argument("--tune-probe", type=float, default=1.0,
+                      help="the label fraction of the probe in the tuning score")
+  parser.add_argument("--probe-fractions", default=None,
+                      help="label fractions of the test runs' probes (default: the recipe's)")
   parser.add_argument("--no-tune", action="store_true",
-                      help="skip tuning; use the config's alpha/start (or --alpha/--start)")
+                      help="skip tuning; use the config's alpha/start/tau_w (or the flags)")
   parser.add_argument("--alpha", type=float, default=None)
   parser.add_argument("--start", type=int, default=None)
+  parser.add_argument("--tau-w", type=float, default=None)
   parser.add_argument("--out", type=pathlib.Path, default=None)
   parser.add_argument("--plot", type=pathlib.Path, default=None)
   parser.add_argument("--batch-size", type=int, default=None,
-                      help="global batch instead of the config's 128 (default cache: "
+                      help="global batch instead of the config's (default cache: "
                            "workdir/quality_study_b<B>)")
   parser.add_argument("--cache", type=pathlib.Path, default=None,
                       help="run work dirs (default workdir/quality_study; quick: a temp dir)")
+  parser.add_argument("--name", default="quality_study", help="the report's name and JSON file")
   args = parser.parse_args(argv)
-  out = common.output_path(args.out, "quality_study", args.quick)
+  arms = tuple((args.modes or ("none,glofnd" if args.quick else ",".join(MODES))).split(","))
+  for arm in arms:
+    parse_arm(arm)  # a misspelt arm fails before the first run
+  out = common.output_path(args.out, args.name, args.quick)
   plot_path = args.plot or out.with_suffix(".png")
   started = time.time()
   log = lambda line: print(line, flush=True)
+  base = load_config_file(args.config)
+  floats = lambda text: tuple(float(v) for v in text.split(",") if v)
+  kw = {"epochs": args.epochs, "batch_size": args.batch_size}
 
   with contextlib.ExitStack() as stack:
     if args.cache is not None:
@@ -255,54 +356,60 @@ def main(argv=None):
     elif args.quick:
       cache = pathlib.Path(stack.enter_context(tempfile.TemporaryDirectory()))
     else:
-      cache = ROOT / "workdir" / ("quality_study" if args.batch_size is None
-                                  else f"quality_study_b{args.batch_size}")
+      cache = ROOT / "workdir" / (args.name if args.batch_size is None
+                                  else f"{args.name}_b{args.batch_size}")
     cache.mkdir(parents=True, exist_ok=True)
-    base = load_config()
+    tau_w = args.tau_w
     if args.quick:
-      modes, seeds, epochs = ("none", "glofnd"), (0,), 2
+      seeds, kw["epochs"] = (0,), 2
       alpha, start, tuning = base.glofnd.alpha, 1, None
       probe_fractions = (0.1,)  # the 100 % probe's fits dominate a short run's evaluation
     else:
-      modes, seeds, epochs = tuple(args.modes.split(",")), tuple(range(args.seeds)), None
-      probe_fractions = None
+      seeds = tuple(range(args.seeds))
+      probe_fractions = floats(args.probe_fractions) if args.probe_fractions else None
       if args.no_tune:
         tuning = None
         alpha = args.alpha if args.alpha is not None else base.glofnd.alpha
         start = args.start if args.start is not None else base.glofnd.start_mask_epoch
       else:
-        log(f"tuning on validation: alpha in {ALPHAS}, start in {STARTS}, seeds {TUNING_SEEDS}")
-        tuning = tune(cache, alphas=ALPHAS, starts=STARTS, seeds=TUNING_SEEDS, epochs=None,
-                      log=log, batch_size=args.batch_size)
-        alpha, start = tuning["alpha"], tuning["start_epoch"]
-    log(f"test runs: modes {', '.join(modes)}, seeds {list(seeds)}, alpha {alpha:g}, "
-        f"start epoch {start}")
+        alphas, starts = floats(args.alphas), tuple(int(v) for v in floats(args.starts))
+        tau_ws = floats(args.tau_ws) if any("+reweight" in a for a in arms) else ()
+        log(f"tuning on validation: alpha in {alphas}, start in {starts}, tau_w in {tau_ws}, "
+            f"seeds {TUNING_SEEDS}")
+        tuning = tune(args.config, cache, alphas=alphas, starts=starts, seeds=TUNING_SEEDS,
+                      log=log, tau_ws=tau_ws, probe_fractions=(args.tune_probe,), **kw)
+        alpha, start, tau_w = tuning["alpha"], tuning["start_epoch"], tuning["tau_w"]
+    log(f"test runs: arms {', '.join(arms)}, seeds {list(seeds)}, alpha {alpha:g}, "
+        f"start epoch {start}" + ("" if tau_w is None else f", tau_w {tau_w:g}"))
     per_mode, raw = {}, {}
-    for seed in seeds:  # seed-major: a partial study has every mode for its first seeds
-      for mode in modes:
-        config = make_config(mode, seed, alpha, start, epochs=epochs, on_validation=False,
-                             probe_fractions=probe_fractions, batch_size=args.batch_size)
-        values = metric_values(run_once(config, cache / f"{mode}_seed{seed}", log))
-        if mode == "none":  # nothing is flagged: precision and recall are undefined, not 0
+    for seed in seeds:  # seed-major: a partial study has every arm for its first seeds
+      for arm in arms:
+        config = make_config(args.config, arm, seed, alpha, start, on_validation=False,
+                             probe_fractions=probe_fractions, tau_w=tau_w, **kw)
+        values = metric_values(run_once(config, cache / f"{arm}_seed{seed}", log))
+        if arm == "none":  # nothing is flagged: precision and recall are undefined, not 0
           values.update({name: None for name in METRICS if name.startswith("fn_")})
-        per_mode.setdefault(mode, []).append(values)
-        raw.setdefault(mode, []).append({"seed": seed, **values})
+        per_mode.setdefault(arm, []).append(values)
+        raw.setdefault(arm, []).append({"seed": seed, **values})
 
   summary, comparisons = summarize(per_mode)
-  report = {"benchmark": "quality_study", "quick": args.quick, "machine": common.machine(),
-            "config": str(CONFIG.relative_to(ROOT)), "epochs": epochs or base.epochs,
-            "batch_size": args.batch_size or base.batch_size,
-            "alpha": alpha, "start_epoch": start, "seeds": list(seeds), "tuning": tuning,
+  epochs = kw["epochs"] or base.epochs
+  batch_size = args.batch_size or base.batch_size
+  report = {"benchmark": args.name, "quick": args.quick, "machine": common.machine(),
+            "config": str(args.config.resolve().relative_to(ROOT)), "epochs": epochs,
+            "batch_size": batch_size, "alpha": alpha, "start_epoch": start, "tau_w": tau_w,
+            "seeds": list(seeds), "tuning": tuning,
             "metrics": {name: label for name, (label, _) in METRICS.items()},
             "summary": summary, "runs": raw, "comparisons": comparisons,
             "wall_s": time.time() - started}
   common.write_json(report, out)
-  plot(summary, plot_path, f"SogCLR on digits, batch {args.batch_size or base.batch_size}, "
+  plot(summary, plot_path, f"SogCLR on {base.data.name}, batch {batch_size}, {epochs} epochs, "
        f"{len(seeds)} seed(s), alpha={alpha:g}, start epoch {start}")
 
+  columns = measured(summary, METRICS)
   print(common.markdown_table(
-      ["mode"] + [METRICS[n][0] for n in METRICS],
-      [[mode] + [fmt(summary[mode][n]) for n in METRICS] for mode in summary]))
+      ["arm"] + [METRICS[n][0] for n in columns],
+      [[arm] + [fmt(summary[arm][n]) for n in columns] for arm in summary]))
   print()
   rows = []
   p = lambda v: "-" if v is None else f"{v:.3f}"

@@ -26,8 +26,10 @@ TIMEOUT_S = 600
 
 # name -> (command given the JSON path, expected "benchmark" field); longest first.
 COMMANDS = {
-    "quality_study": (lambda out: [sys.executable, "quality_study.py", "--quick", "--out", out],
-                      "quality_study"),
+    # quality_study's quick mode through the treatment study's preset (one run of each)
+    "treatment_study_digits": (
+        lambda out: [sys.executable, "treatment_study.py", "--quick", "--studies", "digits",
+                     "--out-dir", str(pathlib.Path(out).parent)], "treatment_study_digits"),
     "overhead": (lambda out: [sys.executable, "overhead.py", "--quick", "--out", out], "overhead"),
     "quantile_tracking": (lambda out: [sys.executable, "quantile_tracking.py", "--quick", "--out",
                                        out], "quantile_tracking"),
