@@ -58,6 +58,51 @@ def test_refused_resume_leaves_the_config_file_alone(tmp_path):
   assert (tmp_path / loop.CONFIG_FILE).read_text() == "the saved run's config\n"
 
 
+def test_resume_with_another_seed_is_refused_unless_allowed(tmp_path, capsys):
+  run = task_lib.build_run(tiny(load_config(DIGITS)), tmp_path)  # seed 0
+  checkpointer = run.checkpointer()
+  checkpointer.save(4, {"u": jnp.arange(4.0)})
+  checkpointer.close()
+  run.config.seed = 1
+  checkpointer = run.checkpointer()
+  try:
+    with pytest.raises(checkpoint_lib.IncompatibleCheckpointError,
+                       match=r"seed: checkpoint 0, now 1\..*config.allow_seed_change=True"):
+      checkpointer.restore({"u": jnp.zeros(4)})
+  finally:
+    checkpointer.close()
+  run.config.allow_seed_change = True
+  checkpointer = run.checkpointer()
+  try:
+    state, step = checkpointer.restore({"u": jnp.zeros(4)})
+  finally:
+    checkpointer.close()
+  assert step == 4
+  np.testing.assert_array_equal(state["u"], np.arange(4.0))
+  assert ("resuming checkpoint step 4 with seed=1 (it was written with 0), as allowed: from the "
+          "resumed step the data order") in capsys.readouterr().out
+  run.config.model.proj_dim = 32  # the flag allows the seed only
+  checkpointer = run.checkpointer()
+  try:
+    with pytest.raises(checkpoint_lib.IncompatibleCheckpointError, match="model.proj_dim"):
+      checkpointer.restore({"u": jnp.zeros(4)})
+  finally:
+    checkpointer.close()
+
+
+def test_checkpoint_without_a_saved_seed_still_restores(tmp_path):
+  """Checkpoints written before the seed was fingerprinted are not refused for lacking it."""
+  directory = tmp_path / "checkpoints"
+  checkpointer = checkpoint_lib.Checkpointer(directory, fingerprint={"batch_size": 16})
+  checkpointer.save(2, {"u": jnp.arange(4.0)})
+  checkpointer.close()
+  checkpointer = checkpoint_lib.Checkpointer(directory, fingerprint={"batch_size": 16, "seed": 3})
+  try:
+    assert checkpointer.restore({"u": jnp.zeros(4)})[1] == 2
+  finally:
+    checkpointer.close()
+
+
 def test_metrics_cut_back_to_the_restored_step_and_torn_line_dropped(tmp_path):
   path = tmp_path / "metrics.jsonl"
   rows = [json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in (2, 4, 6, 8)]

@@ -21,6 +21,10 @@ def clip_base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.task = "clip"              # image-text: FastCLIP v1/v3 + GloFND (training/image_text.py)
   c.seed = 0
+  # Resume a checkpoint written with another seed (refused by default). From the resumed step
+  # the data order and the evaluation's random splits follow the new seed; the parameters and the
+  # PRNG key of augmentations come from the checkpoint: the run matches neither seed's run.
+  c.allow_seed_change = False
   c.batch_size = 1024          # global batch, over all devices and processes
   c.epochs = 37
   c.log_every_steps = 100
