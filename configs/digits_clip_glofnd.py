@@ -11,7 +11,7 @@ pairs, each printed next to its chance level. Run:
 """
 
 from glofnd_jax.config import image_text as image_text_config
-from glofnd_jax.data import captions
+from glofnd_jax.data.pairs import digits_captions
 
 
 def get_config():
@@ -49,6 +49,6 @@ def get_config():
   c.optim.warmup_steps = 45
 
   c.eval.batch_size = 180
-  c.eval.zeroshot_class_names = captions.CLASS_NAMES
-  c.eval.zeroshot_templates = captions.ZERO_SHOT_TEMPLATES
+  c.eval.zeroshot_class_names = digits_captions.CLASS_NAMES
+  c.eval.zeroshot_templates = digits_captions.ZERO_SHOT_TEMPLATES
   return c

@@ -133,11 +133,11 @@ def main(argv=None) -> int:
     from glofnd_jax.data import folder
     return folder.main(rest) or 0
   if command == "validate-shards":
-    from glofnd_jax.data import webdataset
-    return webdataset.validate_main(rest)
+    from glofnd_jax.data.pairs import shard_tools
+    return shard_tools.validate_main(rest)
   if command == "rekey-shards":
-    from glofnd_jax.data import webdataset
-    return webdataset.rekey_main(rest)
+    from glofnd_jax.data.pairs import shard_tools
+    return shard_tools.rekey_main(rest)
   if command == "train-tokenizer":
     from glofnd_jax.data import tokenizer
     return tokenizer.main(rest)

@@ -6,7 +6,8 @@ import pathlib
 import numpy as np
 
 from glofnd_jax.config.common import load_config_file
-from glofnd_jax.data import synthetic, webdataset
+from glofnd_jax.data import synthetic
+from glofnd_jax.data.pairs.shards import ShardWriter
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
 CLIP_CONFIGS = ("digits_clip_glofnd", "cc3m_fastclip_glofnd", "cc3m_sogclr_glofnd")
@@ -50,7 +51,7 @@ def write_caption_shards(root: pathlib.Path, size: int, channels: int) -> dict[s
     halves = (samples[:len(samples) // 2], samples[len(samples) // 2:]) if split == "train" \
         else (samples,)
     for shard, chunk in enumerate(halves):
-      with webdataset.ShardWriter(root / f"{split}-{shard}.tar") as writer:
+      with ShardWriter(root / f"{split}-{shard}.tar") as writer:
         for name, image, text, key, label in chunk:
           writer.write(name, {"png": _png(image), "txt": text.encode(),
                               "json": json.dumps({"key": key, "label": label}).encode()})

@@ -1,5 +1,5 @@
-"""Image-caption data: webdataset reader, index contract, validator, re-keying, bad samples,
-ArrayRecord pairs, the digits-caption default, and the caption tokenizer."""
+"""Image-caption data (glofnd_jax/data/pairs/): webdataset reader, index contract, validator,
+re-keying, bad samples, ArrayRecord pairs, the digits-caption default, and the caption tokenizer."""
 
 import io
 import json
@@ -9,8 +9,10 @@ import pytest
 from PIL import Image
 
 from glofnd_jax import cli
-from glofnd_jax.data import captions, pairs, webdataset
 from glofnd_jax.data import tokenizer as tok
+from glofnd_jax.data.pairs import (arrayrecord, digits_captions, registry, screening, shard_tools,
+                                   shards, webdataset)
+from glofnd_jax.data.pairs.pipeline import make_pair_iterator
 
 
 def png(value: int, size: int = 4) -> bytes:
@@ -22,7 +24,7 @@ def png(value: int, size: int = 4) -> bytes:
 
 def write_shard(path, samples):
   """samples: (name, key or None, caption or None, image bytes or None, label or None)."""
-  with webdataset.ShardWriter(path) as writer:
+  with shards.ShardWriter(path) as writer:
     for name, key, caption, image, label in samples:
       members = {}
       if image is not None:
@@ -47,7 +49,7 @@ def keyed(keys, start_name=0, label=True):
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
   path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
-  texts = [f"caption number {k}" for k in range(50)] + captions.all_captions()
+  texts = [f"caption number {k}" for k in range(50)] + digits_captions.all_captions()
   return tok.ClipTokenizer(tok.train_tokenizer(texts, path, vocab_size=600), context_length=8)
 
 
@@ -63,8 +65,8 @@ def test_keys_are_the_batch_indices_and_holes_are_never_read(tmp_path, tokenizer
   assert source.data_size == 11 and len(source) == 8 and source.has_labels
   np.testing.assert_array_equal(np.sort(source.keys), sorted(keys_a + keys_b))
   assert "key 9" in source.describe(5) and "b.tar" in source.describe(5)
-  iterator = pairs.make_pair_iterator(source, tokenizer, global_batch_size=4, seed=1,
-                                      image_size=4, channels=1, process_index=0, process_count=1)
+  iterator = make_pair_iterator(source, tokenizer, global_batch_size=4, seed=1,
+                                image_size=4, channels=1, process_index=0, process_count=1)
   seen = []
   for _ in range(2):  # one epoch: every present key exactly once
     batch = next(iterator)
@@ -84,8 +86,8 @@ def test_keys_are_the_batch_indices_and_holes_are_never_read(tmp_path, tokenizer
 def test_iterator_position_is_checkpointable_and_processes_split_batches(tmp_path, tokenizer):
   write_shard(tmp_path / "a.tar", keyed(range(12)))
   source = webdataset.WebDatasetPairSource(str(tmp_path / "a.tar"))
-  make = lambda **kw: pairs.make_pair_iterator(source, tokenizer, global_batch_size=4, seed=3,
-                                               image_size=4, channels=1, **kw)
+  make = lambda **kw: make_pair_iterator(source, tokenizer, global_batch_size=4, seed=3,
+                                         image_size=4, channels=1, **kw)
   it = make(process_index=0, process_count=1)
   next(it)
   saved = it.get_state()
@@ -102,10 +104,10 @@ def test_iterator_position_is_checkpointable_and_processes_split_batches(tmp_pat
 def test_shard_patterns_and_compressed_shards(tmp_path):
   for i in range(3):
     write_shard(tmp_path / f"part-{i:03d}.tar", keyed([i]))
-  assert len(webdataset.expand_shards(str(tmp_path / "part-{000..002}.tar"))) == 3
-  assert len(webdataset.expand_shards(f"{tmp_path}/part-000.tar::{tmp_path}/part-002.tar")) == 2
+  assert len(shards.expand_shards(str(tmp_path / "part-{000..002}.tar"))) == 3
+  assert len(shards.expand_shards(f"{tmp_path}/part-000.tar::{tmp_path}/part-002.tar")) == 2
   with pytest.raises(FileNotFoundError, match=r"part-005\.tar.*part-\{005\.\.007\}"):
-    webdataset.expand_shards(str(tmp_path / "part-{005..007}.tar"))
+    shards.expand_shards(str(tmp_path / "part-{005..007}.tar"))
   (tmp_path / "gz.tar").write_bytes(b"\x1f\x8b" + b"\0" * 600)
   with pytest.raises(ValueError, match="uncompressed"):
     webdataset.WebDatasetPairSource(str(tmp_path / "gz.tar"))
@@ -132,7 +134,7 @@ def test_validator_reports_every_kind_of_problem(tmp_path, capsys):
       ("badimage", 8, "a caption", b"not an image", 1),
       ("empty", 9, "   ", png(9), 1)])
   write_shard(tmp_path / "b.tar", keyed([5, 20], start_name=50))
-  report = webdataset.validate_shards(str(tmp_path / "*.tar"), verify_images=True, workers=1)
+  report = shard_tools.validate_shards(str(tmp_path / "*.tar"), verify_images=True, workers=1)
   assert not report["ok"]
   assert report["num_shards"] == 2 and report["num_samples"] == 10
   assert report["data_size"] == 21
@@ -154,7 +156,7 @@ def test_validator_reports_every_kind_of_problem(tmp_path, capsys):
 def test_validator_counts_bad_images_and_empty_captions(tmp_path):
   write_shard(tmp_path / "a.tar", keyed([0, 1]) + [
       ("badimage", 2, "a caption", b"not an image", 1), ("empty", 3, " ", png(3), 1)])
-  report = webdataset.validate_shards(str(tmp_path / "a.tar"), verify_images=True, workers=2)
+  report = shard_tools.validate_shards(str(tmp_path / "a.tar"), verify_images=True, workers=2)
   assert report["ok"]
   assert report["bad_images"]["count"] == 1 and "key 2" in report["bad_images"]["examples"][0]
   assert report["empty_captions"]["count"] == 1
@@ -166,20 +168,20 @@ def test_rekey_fills_missing_keys_then_renumbers(tmp_path, capsys):
   write_shard(raw / "a.tar", [("x0", None, "first", png(0), None), ("x1", 4, "second", png(1), 2)])
   write_shard(raw / "b.tar", [("y0", None, "third", png(2), None)])
   with pytest.raises(ValueError, match="input shard"):
-    webdataset.rekey_shards(str(raw / "*.tar"), raw)
-  summary = webdataset.rekey_shards(str(raw / "*.tar"), tmp_path / "keyed")
+    shard_tools.rekey_shards(str(raw / "*.tar"), raw)
+  summary = shard_tools.rekey_shards(str(raw / "*.tar"), tmp_path / "keyed")
   assert summary["num_samples"] == 3 and summary["num_rekeyed"] == 2
   source = webdataset.WebDatasetPairSource(str(tmp_path / "keyed" / "*.tar"))
   assert sorted(source.keys.tolist()) == [4, 5, 6] and source.data_size == 7
   assert source.read_caption(int(np.flatnonzero(source.keys == 6)[0])) == "third"
-  assert webdataset.validate_shards(str(tmp_path / "keyed" / "*.tar"))["ok"]
+  assert shard_tools.validate_shards(str(tmp_path / "keyed" / "*.tar"))["ok"]
   # --all: contiguous keys, no holes, byte-identical when run twice.
   assert cli.main(["rekey-shards", str(raw / "*.tar"), str(tmp_path / "all"), "--all"]) == 0
   assert "3 given new keys" in capsys.readouterr().out
   source = webdataset.WebDatasetPairSource(str(tmp_path / "all" / "*.tar"))
   assert source.keys.tolist() == [0, 1, 2] and source.data_size == 3
   first = (tmp_path / "all" / "a.tar").read_bytes()
-  webdataset.rekey_shards(str(raw / "*.tar"), tmp_path / "all", renumber_all=True)
+  shard_tools.rekey_shards(str(raw / "*.tar"), tmp_path / "all", renumber_all=True)
   assert (tmp_path / "all" / "a.tar").read_bytes() == first
 
 
@@ -196,8 +198,8 @@ def _with_bad_samples(tmp_path):
 
 def test_bad_samples_are_counted_and_skipped(tmp_path, tokenizer):
   source = _with_bad_samples(tmp_path)
-  screened = pairs.screen_samples(source, on_bad_sample="skip", verify_images=True, workers=2,
-                                  cache_dir=tmp_path / "cache")
+  screened = screening.screen_samples(source, on_bad_sample="skip", verify_images=True, workers=2,
+                                      cache_dir=tmp_path / "cache")
   report = screened.report
   assert report["bad_images"]["count"] == 1 and "a.tar key 6" in report["bad_images"]["examples"][0]
   empty = report["empty_captions"]
@@ -205,27 +207,27 @@ def test_bad_samples_are_counted_and_skipped(tmp_path, tokenizer):
   assert report["unusable"]["count"] == 1 and "nocaption" in report["unusable"]["examples"][0]
   assert report["num_kept"] == 6 and len(screened.source) == 6
   assert screened.source.data_size == 8  # skipped keys are holes: the state keeps its size
-  batch = next(pairs.make_pair_iterator(screened.source, tokenizer, global_batch_size=6,
-                                        image_size=4, channels=1, process_index=0,
-                                        process_count=1))
+  batch = next(make_pair_iterator(screened.source, tokenizer, global_batch_size=6,
+                                  image_size=4, channels=1, process_index=0,
+                                  process_count=1))
   assert sorted(batch["index_img"].tolist()) == list(range(6))
-  cached = pairs.screen_samples(source, on_bad_sample="skip", verify_images=True,
-                                cache_dir=tmp_path / "cache")
+  cached = screening.screen_samples(source, on_bad_sample="skip", verify_images=True,
+                                    cache_dir=tmp_path / "cache")
   assert cached.report == report
 
 
 def test_bad_samples_fail_naming_shard_and_key(tmp_path, tokenizer):
   source = _with_bad_samples(tmp_path)
   with pytest.raises(ValueError, match=r"unusable.*a\.tar sample 'nocaption'"):
-    pairs.screen_samples(source, on_bad_sample="fail")
+    screening.screen_samples(source, on_bad_sample="fail")
   source.problems = []  # only the decodable-or-not samples are left to judge
   with pytest.raises(ValueError, match=r"a\.tar key 6 .* image that does not decode"):
-    pairs.screen_samples(source, on_bad_sample="fail", verify_images=True, workers=1)
+    screening.screen_samples(source, on_bad_sample="fail", verify_images=True, workers=1)
   # Without the image check, a broken image stops the pipeline with its shard and key.
-  screened = pairs.screen_samples(source, on_bad_sample="skip", verify_images=False)
-  iterator = pairs.make_pair_iterator(screened.source, tokenizer, global_batch_size=7,
-                                      shuffle=False, image_size=4, channels=1,
-                                      process_index=0, process_count=1, read_threads=0)
+  screened = screening.screen_samples(source, on_bad_sample="skip", verify_images=False)
+  iterator = make_pair_iterator(screened.source, tokenizer, global_batch_size=7,
+                                shuffle=False, image_size=4, channels=1,
+                                process_index=0, process_count=1, read_threads=0)
   with pytest.raises(ValueError, match=r"a\.tar key 6 .*verify_images=True"):
     next(iterator)
 
@@ -238,35 +240,35 @@ def test_arrayrecord_pairs_round_trip(tmp_path, tokenizer):
   raw = rng.integers(0, 255, (5, 4, 4, 1), dtype=np.uint8)
   examples = [(raw[i], f"caption number {10 + i}", 10 + 2 * i, i % 2) for i in range(4)]
   examples.append((png(9), "caption number 9", 3, 1))
-  assert pairs.write_pairs(tmp_path, "train", examples, class_names=["even", "odd"]) == 5
-  source = pairs.open_pair_source("arrayrecord_captions", "train", data_dir=str(tmp_path))
+  assert arrayrecord.write_pairs(tmp_path, "train", examples, class_names=["even", "odd"]) == 5
+  source = registry.open_pair_source("arrayrecord_captions", "train", data_dir=str(tmp_path))
   assert source.data_size == 17 and source.class_names == ["even", "odd"] and source.has_labels
   np.testing.assert_array_equal(source[1]["image"], raw[1])
   assert "key 12" in source.describe(1)
-  batch = next(pairs.make_pair_iterator(source, tokenizer, global_batch_size=5, shuffle=False,
-                                        image_size=4, channels=1, process_index=0,
-                                        process_count=1))
+  batch = next(make_pair_iterator(source, tokenizer, global_batch_size=5, shuffle=False,
+                                  image_size=4, channels=1, process_index=0,
+                                  process_count=1))
   assert batch["index_img"].tolist() == [10, 12, 14, 16, 3]
   assert tokenizer.decode(batch["text"][4]) == "caption number 9"
   with pytest.raises(FileNotFoundError, match="write_pairs"):
-    pairs.ArrayRecordPairSource(tmp_path, "test")
+    arrayrecord.ArrayRecordPairSource(tmp_path, "test")
 
 
 def test_digits_captions_default(tmp_path):
-  directory = captions.prepare_digits_captions(tmp_path)
+  directory = digits_captions.prepare_digits_captions(tmp_path)
   sizes = {}
   for split in ("train", "val", "test"):
-    source = webdataset.WebDatasetPairSource(captions.split_pattern(directory, split))
+    source = webdataset.WebDatasetPairSource(digits_captions.split_pattern(directory, split))
     sizes[split] = len(source)
     assert source.keys.tolist() == list(range(len(source))) and source.has_labels
     for i in (0, len(source) - 1):
       label = int(source.labels[i])
       text = source.read_caption(i)
-      assert captions.CLASS_NAMES[label] in text or str(label) in text
+      assert digits_captions.CLASS_NAMES[label] in text or str(label) in text
   assert sizes == {"train": 1258, "val": 180, "test": 359}
   assert len(list(directory.glob("train-*.tar"))) == 4
   mtime = (directory / "train-00000.tar").stat().st_mtime_ns
-  assert captions.prepare_digits_captions(tmp_path) == directory  # reused, not rewritten
+  assert digits_captions.prepare_digits_captions(tmp_path) == directory  # reused, not rewritten
   assert (directory / "train-00000.tar").stat().st_mtime_ns == mtime
 
 
@@ -274,7 +276,7 @@ def test_digits_captions_default(tmp_path):
 
 
 def test_tokenizer_train_load_encode(tmp_path, capsys):
-  (tmp_path / "captions.txt").write_text("\n".join(captions.all_captions()))
+  (tmp_path / "captions.txt").write_text("\n".join(digits_captions.all_captions()))
   assert cli.main(["train-tokenizer", "--captions", str(tmp_path / "captions.txt"),
                    "--out", str(tmp_path / "t.json"), "--vocab_size", "400"]) == 0
   assert "wrote" in capsys.readouterr().out
@@ -330,14 +332,14 @@ def test_tfds_image_text_dataset(tmp_path, tokenizer):
                   "label": i % 2}
 
   TinyCaptions(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
-  source = pairs.open_pair_source("tfds:tiny_captions", "train", data_dir=str(tmp_path))
+  source = registry.open_pair_source("tfds:tiny_captions", "train", data_dir=str(tmp_path))
   assert len(source) == 6 and source.data_size == 6 and source.has_labels
-  batch = next(pairs.make_pair_iterator(source, tokenizer, global_batch_size=6, shuffle=False,
-                                        image_size=4, channels=1, process_index=0,
-                                        process_count=1))
+  batch = next(make_pair_iterator(source, tokenizer, global_batch_size=6, shuffle=False,
+                                  image_size=4, channels=1, process_index=0,
+                                  process_count=1))
   np.testing.assert_array_equal(batch["image"][:, 0, 0, 0], batch["index_img"])
   assert tokenizer.decode(batch["text"][3]) == "caption number 3"
   np.testing.assert_array_equal(batch["label"], np.arange(6) % 2)
   with pytest.raises(ValueError, match="no feature 'text'"):
-    pairs.open_pair_source("tfds:tiny_captions", "train", data_dir=str(tmp_path),
-                           caption_field="text")
+    registry.open_pair_source("tfds:tiny_captions", "train", data_dir=str(tmp_path),
+                              caption_field="text")

@@ -126,14 +126,6 @@ def test_no_module_imports_a_higher_layer():
   assert layer_violations(import_graph()) == []
 
 
-# Known and open (issue 12): data/pairs.py <-> data/webdataset.py (and captions.py) import each
-# other, and data/pairs.py, data/webdataset.py are over 400 lines; they become a data/pairs/
-# package. strict: these turn into failures the moment the split lands, so the marks must go.
-PAIRS_SPLIT_PENDING = pytest.mark.xfail(
-    strict=True, reason="data/pairs + data/webdataset not yet split into data/pairs/ (issue 12)")
-
-
-@PAIRS_SPLIT_PENDING
 def test_no_import_cycle():
   assert cycles(import_graph()) == []
 
@@ -157,20 +149,8 @@ def test_a_cycle_is_caught():
   assert cycles(graph)
 
 
-def test_no_cycle_outside_the_pending_data_pairs_split():
-  pending = {"glofnd_jax.data.pairs", "glofnd_jax.data.webdataset", "glofnd_jax.data.captions"}
-  assert [c for c in cycles(import_graph()) if not set(c) <= pending] == []
-
-
-@PAIRS_SPLIT_PENDING
 def test_no_module_is_over_400_lines():
   long = {module_name(p): n for p in PACKAGE.rglob("*.py")
           if (n := len(p.read_text().splitlines())) > 400}
   assert long == {}
 
-
-def test_no_module_outside_the_pending_split_is_over_400_lines():
-  pending = {"glofnd_jax.data.pairs", "glofnd_jax.data.webdataset"}
-  long = {module_name(p): n for p in PACKAGE.rglob("*.py")
-          if (n := len(p.read_text().splitlines())) > 400 and module_name(p) not in pending}
-  assert long == {}

@@ -1,7 +1,10 @@
 """Input data: sources (random access, one record dict per example) and the grain pipeline.
 
+Images (one class label per example):
+
 * :mod:`~glofnd_jax.data.records`     our ArrayRecord image format (writer, reader, metadata).
-* :mod:`~glofnd_jax.data.folder`      folder of class subfolders -> our format (CLI ``main``).
+* :mod:`~glofnd_jax.data.folder`      folder of class subfolders -> our format
+  (``glofnd-jax convert-folder``).
 * :mod:`~glofnd_jax.data.digits`      the embedded default: scikit-learn's digits, split, cached.
 * :mod:`~glofnd_jax.data.glyphs`      embedded letters and digits rendered from matplotlib's fonts.
 * :mod:`~glofnd_jax.data.tfds_source` prepared TFDS datasets, read without TensorFlow.
@@ -11,7 +14,13 @@
 * :mod:`~glofnd_jax.data.decode`      host-side decode/resize, run inside the pipeline.
 * :mod:`~glofnd_jax.data.pipeline`    global index, shuffle, per-process slices, batches.
 
-TFDS is imported only when a TFDS source is opened.
+Image-text:
+
+* :mod:`~glofnd_jax.data.tokenizer`   the byte-level BPE caption tokenizer (train, load, CLI).
+* :mod:`glofnd_jax.data.pairs`        image-caption sources (webdataset shards, ArrayRecord,
+  TFDS, the embedded digits captions), bad-sample screening, the pair pipeline; see its index.
+
+TFDS is imported only when a TFDS source is opened; nothing of ``pairs`` is imported here.
 """
 
 from glofnd_jax.data.digits import digits_source, prepare_digits

@@ -10,9 +10,9 @@ stored and decoded in the input pipeline (pass ``image_size`` to the pipeline th
 images share a size); with it, images are converted to RGB, resized (shorter side to fit, centre
 crop) and stored as raw uint8 arrays (larger files, no decoding during training).
 
-Command line (to become a ``glofnd-jax`` subcommand)::
+Command line (:func:`main`)::
 
-    python -m glofnd_jax.data.folder SRC OUT [--image_size 64] [--split train]
+    glofnd-jax convert-folder SRC OUT [--image_size 64] [--split train]
 """
 
 from __future__ import annotations

@@ -134,10 +134,10 @@ def captions_from_shards(shards, caption_field: str = "caption") -> Iterable[str
   """Every caption (``.txt`` member, else the json's ``caption_field``) of webdataset shards."""
   import json  # pylint: disable=g-import-not-at-top
 
-  from glofnd_jax.data import webdataset  # pylint: disable=g-import-not-at-top
+  from glofnd_jax.data.pairs import shards as shard_format  # pylint: disable=g-import-not-at-top
 
-  for path in webdataset.expand_shards(shards):
-    for _, members in webdataset.iterate_samples(path):
+  for path in shard_format.expand_shards(shards):
+    for _, members in shard_format.iterate_samples(path):
       if "txt" in members:
         yield members["txt"].decode("utf-8", errors="replace")
       elif "json" in members:

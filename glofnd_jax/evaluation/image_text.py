@@ -25,7 +25,8 @@ import numpy as np
 from glofnd_jax import augment as augment_lib
 from glofnd_jax import data as data_lib
 from glofnd_jax import evaluation as ev
-from glofnd_jax.data import pairs
+from glofnd_jax.data.pairs.contract import PairSubset
+from glofnd_jax.data.pairs.pipeline import make_pair_iterator
 from glofnd_jax.evaluation.features import state_variables
 from glofnd_jax.evaluation.retrieval import retrieval
 from glofnd_jax.evaluation.zero_shot import class_embeddings, zero_shot
@@ -67,7 +68,7 @@ def embed_pairs(run, state, source, embed=None) -> dict[str, np.ndarray]:
   """
   c = run.config
   batch_size = min(c.eval.batch_size, max(len(source), 1))
-  iterator = pairs.make_pair_iterator(
+  iterator = make_pair_iterator(
       source, run.tokenizer, global_batch_size=batch_size, shuffle=False, drop_remainder=False,
       num_epochs=1, image_size=c.data.image_size, channels=c.data.channels,
       resize_mode=c.data.resize_mode, process_index=0, process_count=1, read_threads=1)
@@ -132,7 +133,7 @@ def evaluate_clip_run(run, state) -> dict:
     if len(source) > c.eval.fn_max_samples:
       rng = np.random.default_rng(c.seed)
       chosen = np.sort(rng.choice(len(source), c.eval.fn_max_samples, replace=False))
-      source = pairs.SubsetSource(source, chosen)
+      source = PairSubset(source, chosen)
     train = embed_pairs(run, state, source, embed)
     false_negatives = {}
     for side, anchors, candidates, thresholds in (

@@ -1,10 +1,13 @@
-"""Networks (Flax Linen): backbones, the SimCLR projection head, and the encoder combining them.
+"""Networks (Flax Linen): backbones, the SimCLR projection head, the encoder, and CLIP.
 
+* :mod:`~glofnd_jax.models.layers`     shared BatchNorm / conv constructors and their constants.
 * :mod:`~glofnd_jax.models.resnet`     ResNet-18 / ResNet-50, CIFAR or ImageNet stem.
 * :mod:`~glofnd_jax.models.small_cnn`  a small CNN for 8x8 digits.
 * :mod:`~glofnd_jax.models.heads`      projection head (last BN without scale/bias).
 * :mod:`~glofnd_jax.models.encoder`    backbone + head; ``features`` for evaluation.
-* :func:`get_model` / :func:`get_backbone`: the registry by name.
+* :mod:`~glofnd_jax.models.clip`       CLIP: modified-ResNet / ViT / small-CNN image towers, the
+  text transformer, :func:`~glofnd_jax.models.clip.build_clip`.
+* :mod:`~glofnd_jax.models.registry`   by name: :func:`get_model` / :func:`get_backbone`.
 """
 
 from glofnd_jax.models.encoder import Encoder

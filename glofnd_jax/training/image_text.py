@@ -2,7 +2,7 @@
 
 :class:`ClipRun` is a :class:`glofnd_jax.training.task.Task`, the interface that
 all the train loop (:mod:`glofnd_jax.training.loop`) uses. Data sizes follow the index contract
-(:mod:`glofnd_jax.data.webdataset`): ``num_samples`` is ``data_size = max key + 1`` (the length
+(:mod:`glofnd_jax.data.pairs.contract`): ``num_samples`` is ``data_size = max key + 1`` (the length
 of every per-sample array: image and text lambda, their moments, ``u``), while an epoch is
 ``num_records // batch`` steps over the samples actually present.
 """
@@ -20,7 +20,9 @@ from glofnd_jax import augment as augment_lib
 from glofnd_jax import distributed, per_sample, sharding
 from glofnd_jax.config import image_text as image_text_config
 from glofnd_jax.config import unimodal as unimodal_config
-from glofnd_jax.data import pairs
+from glofnd_jax.data.pairs.pipeline import make_pair_iterator
+from glofnd_jax.data.pairs.registry import open_pair_source
+from glofnd_jax.data.pairs.screening import screen_samples
 from glofnd_jax.data import tokenizer as tokenizer_lib
 from glofnd_jax.evaluation import image_text as image_text_eval
 from glofnd_jax.training import optim
@@ -87,7 +89,7 @@ class ClipRun(task_lib.Task):
       return None, None
     shards = d.get(f"{role}_shards", "")
     try:
-      source = pairs.open_pair_source(
+      source = open_pair_source(
           d.name, split, shards=shards, data_dir=d.data_dir, workdir=self.workdir,
           key_field=d.key_field, caption_field=d.caption_field, label_field=d.label_field,
           index_dir=self.index_dir, workers=d.index_workers, seed=self.config.seed)
@@ -96,9 +98,9 @@ class ClipRun(task_lib.Task):
       raise type(error)(f"cannot open the {role} pairs (config.data.name={d.name!r}, "
                         f"config.data.{role}_shards={shards!r}, config.data.data_dir="
                         f"{d.data_dir!r}): {error}") from error
-    screened = pairs.screen_samples(source, on_bad_sample=d.on_bad_sample,
-                                    verify_images=d.verify_images, workers=d.index_workers,
-                                    cache_dir=self.index_dir)
+    screened = screen_samples(source, on_bad_sample=d.on_bad_sample,
+                              verify_images=d.verify_images, workers=d.index_workers,
+                              cache_dir=self.index_dir)
     report = screened.report
     skipped = {k: report[k]["count"] for k in ("unusable", "empty_captions", "bad_images")
                if report[k]["count"]}
@@ -123,7 +125,7 @@ class ClipRun(task_lib.Task):
 
   def iterator(self):
     c = self.config
-    return pairs.make_pair_iterator(
+    return make_pair_iterator(
         self.source, self.tokenizer, global_batch_size=self.batch, seed=c.seed,
         image_size=c.data.image_size, channels=c.data.channels, resize_mode=c.data.resize_mode,
         read_threads=c.data.read_threads)

@@ -21,7 +21,8 @@ import tempfile
 import numpy as np
 from PIL import Image
 
-from glofnd_jax.data import digits, webdataset
+from glofnd_jax.data import digits
+from glofnd_jax.data.pairs.shards import ShardWriter
 
 CLASS_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 # {name}: the class's word, {digit}: its numeral.
@@ -99,7 +100,7 @@ def prepare_digits_captions(root_dir: str | os.PathLike, *, seed: int = 0) -> pa
       bounds = np.linspace(0, len(source), num_shards + 1).astype(int)
       for shard in range(num_shards):
         name = f"{split}-{shard:05d}.tar"
-        with webdataset.ShardWriter(tmp / name) as writer:
+        with ShardWriter(tmp / name) as writer:
           for key in range(bounds[shard], bounds[shard + 1]):
             record = source[key]
             label = int(record["label"])
