@@ -12,6 +12,7 @@ import ml_collections
 
 from glofnd_jax import detection, objectives, siglip
 from glofnd_jax.config import common as config_common
+from glofnd_jax.data.pairs.integrity import DAMAGED_SHARD_POLICIES
 from glofnd_jax.data.pairs.screening import BAD_SAMPLE_POLICIES
 from glofnd_jax.models import clip as clip_models
 from glofnd_jax.training import optim
@@ -48,6 +49,9 @@ def clip_base_config() -> ml_collections.ConfigDict:
   c.data.index_dir = ""        # shard-index and bad-sample cache ("" = <workdir>/data/index)
   c.data.index_workers = 4     # threads indexing shards and screening samples
   c.data.on_bad_sample = "skip"  # skip (count, leave out) | fail (error naming shard and key)
+  # A webdataset shard cut short or unreadable, or not matching its manifest: fail (error naming
+  # the shard, byte offset, last good key) | skip (train on its intact samples; reported).
+  c.data.on_damaged_shard = "fail"
   c.data.verify_images = True  # decode every image once before training (cached)
   c.data.image_size = 224      # images are resized to this in the input pipeline
   c.data.channels = 3
@@ -142,6 +146,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
       f"choose one of {', '.join(n for n in LOSS_NAMES if n)} ('' = fastclip_<loss.version>).")
   req(config.data.on_bad_sample in BAD_SAMPLE_POLICIES, "data.on_bad_sample",
       config.data.on_bad_sample, "use 'skip' or 'fail'.")
+  req(config.data.get("on_damaged_shard", "fail") in DAMAGED_SHARD_POLICIES,
+      "data.on_damaged_shard", config.data.get("on_damaged_shard"), "use 'fail' or 'skip'.")
   req(config.model.image_tower in clip_models.IMAGE_TOWERS, "model.image_tower",
       config.model.image_tower, f"choose one of {', '.join(clip_models.IMAGE_TOWERS)}.")
   req(config.optim.name == "adamw", "optim.name", config.optim.name,
