@@ -5,12 +5,14 @@ rekey-shards, naming the shard, the byte offset and the last good key."""
 
 import tarfile
 
+import clip_fixtures
 import pytest
 from test_clip_data import keyed, png, write_shard
 
 from glofnd_jax import cli
 from glofnd_jax.data.pairs import integrity, shard_tools, shards, webdataset
 from glofnd_jax.config import image_text as image_text_config
+from glofnd_jax.training import image_text, loop
 
 
 def _member_offsets(path):
@@ -108,3 +110,38 @@ def test_on_damaged_shard_is_checked():
     image_text_config.validate(config)
   with pytest.raises(ValueError, match="data.on_damaged_shard='ignore' is invalid"):
     webdataset.WebDatasetPairSource("unused.tar", on_damaged_shard="ignore")
+
+
+def test_a_shard_that_lost_samples_since_the_first_start_is_damaged(tmp_path):
+  """No manifest (shards from another tool): the run's index directory remembers the counts."""
+  write_shard(tmp_path / "a.tar", keyed(range(8)))
+  integrity.manifest_path(tmp_path / "a.tar").unlink()
+  index_dir = tmp_path / "index"
+  assert webdataset.WebDatasetPairSource(str(tmp_path / "a.tar"), index_dir=index_dir).damaged == []
+  write_shard(tmp_path / "a.tar", keyed(range(6)))  # replaced by a shorter, well-formed shard
+  integrity.manifest_path(tmp_path / "a.tar").unlink()
+  with pytest.raises(ValueError, match=r"a\.tar is damaged: it has 6 intact sample\(s\), 8 when "
+                     r"this shard set was first indexed .*last good sample 's0005' \(key 5\)"):
+    webdataset.WebDatasetPairSource(str(tmp_path / "a.tar"), index_dir=index_dir)
+  skipped = webdataset.WebDatasetPairSource(str(tmp_path / "a.tar"), index_dir=index_dir,
+                                            on_damaged_shard="skip")
+  assert len(skipped) == 6 and len(skipped.damaged) == 1
+
+
+def test_training_fails_on_a_damaged_shard_or_skips_it_and_says_so(tmp_path, capsys):
+  shard_patterns = clip_fixtures.write_caption_shards(tmp_path / "shards", 32, 3)
+  train_1 = tmp_path / "shards" / "train-1.tar"
+  train_1.write_bytes(train_1.read_bytes()[:-15000])  # a copy cut short
+  config = clip_fixtures.tiny(clip_fixtures.load_config("cc3m_fastclip_glofnd"), shard_patterns)
+  with pytest.raises(ValueError, match=r"cannot open the train pairs .*train-1\.tar is damaged "
+                     r"at byte \d+: .*last good sample .*on_damaged_shard='skip'"):
+    loop.train_and_evaluate(config, tmp_path / "run")
+  config.data.on_damaged_shard = "skip"
+  run = image_text.ClipRun.__new__(image_text.ClipRun)  # only its data side: no model, no step
+  run.config, run.workdir = config, tmp_path / "run"
+  source, report = run.open_split("train")
+  assert report["damaged_shards"]["count"] == 1
+  assert "train-1.tar is damaged at byte" in report["damaged_shards"]["shards"][0]
+  assert len(source) < 64  # the pairs past the cut are gone, and said to be
+  assert ("train split 'train': 1 damaged shard(s), only their intact samples are used "
+          "(data.on_damaged_shard='skip'): shard ") in capsys.readouterr().out

@@ -10,7 +10,10 @@ finds the damage while the shard is indexed (:func:`~glofnd_jax.data.pairs.shard
 * a shard whose sample count or size differs from its **manifest**, ``<shard>.manifest.json``
   (``{"samples": S, "bytes": B}``), written next to every shard by
   :class:`~glofnd_jax.data.pairs.shards.ShardWriter` (``rekey-shards`` and the digits captions
-  use it): a set that lost samples, even as whole well-formed members, is noticed at start.
+  use it): a set that lost samples, even as whole well-formed members, is noticed at start;
+* for shards without a manifest, a run's first start records every shard's sample count in its
+  index directory (:func:`check_counts_record`); a later start (a resume) on a shard with fewer
+  samples is told so.
 
 What a damaged shard means for training is ``data.on_damaged_shard``: ``"fail"`` (default) or
 ``"skip"`` (train on its intact samples, reported at start and in ``results.json``).
@@ -18,10 +21,12 @@ What a damaged shard means for training is ``data.on_damaged_shard``: ``"fail"``
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pathlib
 import tarfile
+from typing import Sequence
 
 DAMAGED_SHARD_POLICIES = ("fail", "skip")
 MANIFEST_SUFFIX = ".manifest.json"
@@ -93,3 +98,29 @@ def describe_damage(path: str, offset: int | None, reason: str, last_good: str |
     key = "no key" if last_key is None else f"key {last_key}"
     after = f"last good sample {last_good!r} ({key})"
   return f"shard {path} is damaged{where}: {reason}; {after}"
+
+
+def check_counts_record(index_dir: str | os.PathLike, shards: Sequence[str],
+                        counts: Sequence[int]) -> dict[str, str]:
+  """``{shard: reason}`` for shards with fewer samples than when this shard set was first indexed
+  in ``index_dir``; records the counts (the largest seen) for the next start."""
+  identity = json.dumps([os.path.abspath(p) for p in shards])
+  name = f"shard_counts_{hashlib.sha1(identity.encode()).hexdigest()}.json"
+  record = pathlib.Path(index_dir) / name
+  try:
+    recorded = json.loads(record.read_text())
+  except (OSError, ValueError):
+    recorded = {}
+  lost = {shard: (f"it has {count} intact sample(s), {recorded[shard]} when this shard set was "
+                  f"first indexed ({record}): it lost samples since; if they were changed on purpose, "
+                  "delete that record")
+          for shard, count in zip(shards, counts)
+          if isinstance(recorded.get(shard), int) and count < recorded[shard]}
+  now = {shard: max(int(count), int(recorded.get(shard, 0) or 0))
+         for shard, count in zip(shards, counts)}
+  if now != recorded:
+    record.parent.mkdir(parents=True, exist_ok=True)
+    tmp = record.with_name(f"{record.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(now, indent=0) + "\n")
+    os.replace(tmp, record)
+  return lost

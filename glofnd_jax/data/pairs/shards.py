@@ -222,10 +222,17 @@ def index_shard(path: str, *, key_field: str = "key", caption_field: str = "capt
   names = np.array(list(samples), dtype=str) if count else np.zeros(0, "<U1")
   offset, reason = damage if damage is not None else (None, integrity.manifest_damage(
       path, count, file_size))
-  described = "" if reason is None else integrity.describe_damage(
-      path, offset, reason, str(names[-1]) if count else None,
-      int(out["keys"][-1]) if count and out["keys"][-1] != MISSING else None)
+  described = "" if reason is None else damage_line(path, offset, reason, names, out["keys"])
   return ShardIndex(shard=path, names=names, problems=problems, damage=described, **out)
+
+
+def damage_line(shard: str, offset: int | None, reason: str, names: np.ndarray,
+                keys: np.ndarray) -> str:
+  """:func:`~glofnd_jax.data.pairs.integrity.describe_damage` with the shard's last intact
+  sample (of ``names`` / ``keys``, in tar order) as the last good one."""
+  last_key = int(keys[-1]) if len(keys) and keys[-1] != MISSING else None
+  return integrity.describe_damage(shard, offset, reason, str(names[-1]) if len(names) else None,
+                                   last_key)
 
 
 def _members_until_damage(tar: tarfile.TarFile, file_size: int):

@@ -25,8 +25,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from glofnd_jax.data.pairs.contract import check_keys
-from glofnd_jax.data.pairs.integrity import DAMAGED_SHARD_POLICIES
-from glofnd_jax.data.pairs.shards import MISSING, expand_shards, index_shards
+from glofnd_jax.data.pairs.integrity import DAMAGED_SHARD_POLICIES, check_counts_record
+from glofnd_jax.data.pairs.shards import MISSING, damage_line, expand_shards, index_shards
 
 
 class WebDatasetPairSource:
@@ -58,7 +58,11 @@ class WebDatasetPairSource:
     self.key_field, self.caption_field = key_field, caption_field
     indexes = index_shards(self.shards, key_field=key_field, caption_field=caption_field,
                            label_field=label_field, index_dir=index_dir, workers=workers)
-    self.damaged = [index.damage for index in indexes if index.damage]
+    lost = {} if index_dir is None else check_counts_record(
+        index_dir, self.shards, [len(index) for index in indexes])
+    self.damaged = [index.damage or damage_line(index.shard, None, lost[index.shard],
+                                                index.names, index.keys)
+                    for index in indexes if index.damage or index.shard in lost]
     if self.damaged and on_damaged_shard == "fail":
       raise ValueError(
           f"{len(self.damaged)} of {len(self.shards)} shard(s) are damaged, e.g. "
