@@ -64,36 +64,33 @@ def test_refused_resume_leaves_the_config_file_alone(tmp_path):
   assert (tmp_path / loop.CONFIG_FILE).read_text() == "the saved run's config\n"
 
 
+def _restore_and_close(checkpointer, *iterator, newest_complete: bool = False):
+  """``(state, step)`` restored onto ``{"u": zeros(4)}``; the checkpointer is closed after."""
+  try:
+    restore = checkpointer.restore_newest_complete if newest_complete else checkpointer.restore
+    return restore({"u": jnp.zeros(4)}, *iterator)
+  finally:
+    checkpointer.close()
+
+
 def test_resume_with_another_seed_is_refused_unless_allowed(tmp_path, capsys):
   run = task_lib.build_run(tiny(load_config(DIGITS)), tmp_path)  # seed 0
   checkpointer = run.checkpointer()
   checkpointer.save(4, {"u": jnp.arange(4.0)})
   checkpointer.close()
   run.config.seed = 1
-  checkpointer = run.checkpointer()
-  try:
-    with pytest.raises(checkpoint_lib.IncompatibleCheckpointError,
-                       match=r"seed: checkpoint 0, now 1\..*config.allow_seed_change=True"):
-      checkpointer.restore({"u": jnp.zeros(4)})
-  finally:
-    checkpointer.close()
+  with pytest.raises(checkpoint_lib.IncompatibleCheckpointError,
+                     match=r"seed: checkpoint 0, now 1\..*config.allow_seed_change=True"):
+    _restore_and_close(run.checkpointer())
   run.config.allow_seed_change = True
-  checkpointer = run.checkpointer()
-  try:
-    state, step = checkpointer.restore({"u": jnp.zeros(4)})
-  finally:
-    checkpointer.close()
+  state, step = _restore_and_close(run.checkpointer())
   assert step == 4
   np.testing.assert_array_equal(state["u"], np.arange(4.0))
   assert ("resuming checkpoint step 4 with seed=1 (it was written with 0), as allowed: from the "
           "resumed step the data order") in capsys.readouterr().out
   run.config.model.proj_dim = 32  # the flag allows the seed only
-  checkpointer = run.checkpointer()
-  try:
-    with pytest.raises(checkpoint_lib.IncompatibleCheckpointError, match="model.proj_dim"):
-      checkpointer.restore({"u": jnp.zeros(4)})
-  finally:
-    checkpointer.close()
+  with pytest.raises(checkpoint_lib.IncompatibleCheckpointError, match="model.proj_dim"):
+    _restore_and_close(run.checkpointer())
 
 
 def test_checkpoint_without_a_saved_seed_still_restores(tmp_path):
@@ -103,10 +100,7 @@ def test_checkpoint_without_a_saved_seed_still_restores(tmp_path):
   checkpointer.save(2, {"u": jnp.arange(4.0)})
   checkpointer.close()
   checkpointer = checkpoint_lib.Checkpointer(directory, fingerprint={"batch_size": 16, "seed": 3})
-  try:
-    assert checkpointer.restore({"u": jnp.zeros(4)})[1] == 2
-  finally:
-    checkpointer.close()
+  assert _restore_and_close(checkpointer)[1] == 2
 
 
 def test_metrics_cut_back_to_the_restored_step_and_torn_line_dropped(tmp_path):
@@ -228,11 +222,9 @@ def test_corrupt_data_position_of_the_newest_checkpoint_falls_back(tmp_path, pos
   checkpointer.close()
   (directory / "4" / "data" / "process_0-of-1.json").write_text(position)
   resumed = _position_iterator()
-  checkpointer = checkpoint_lib.Checkpointer(directory, position_is_global=True)
-  try:
-    state, step = checkpointer.restore_newest_complete({"u": jnp.zeros(4)}, resumed)
-  finally:
-    checkpointer.close()
+  state, step = _restore_and_close(
+      checkpoint_lib.Checkpointer(directory, position_is_global=True), resumed,
+      newest_complete=True)
   assert step == 2
   np.testing.assert_array_equal(state["u"], np.arange(4.0) + 2)
   np.testing.assert_array_equal(next(resumed)["index"], next(_position_iterator(2))["index"])

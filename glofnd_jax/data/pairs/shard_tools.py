@@ -228,14 +228,16 @@ def rekey_shards(shards: str | Sequence[str], out_dir: str | os.PathLike, *,
 
 
 def validate_main(argv: Sequence[str] | None = None) -> int:
-  """``glofnd-jax validate-shards PATTERN``: exit status 1 when the index contract is broken."""
+  """``glofnd-jax validate-shards PATTERN``: exit status 1 when a shard is damaged or the index
+  contract is broken."""
   import argparse  # pylint: disable=g-import-not-at-top
 
   parser = argparse.ArgumentParser(
       prog="glofnd-jax validate-shards",
-      description="Check webdataset shards against the index contract (unique integer keys, in "
-                  "range) and report holes, unusable samples and (--verify_images) bad images "
-                  "and empty captions, each with its shard and key.")
+      description="Check webdataset shards for damage (cut short, unreadable, not matching their "
+                  "manifest) and against the index contract (unique integer keys, in range), "
+                  "and report holes, unusable samples and (--verify_images) bad images and "
+                  "empty captions, each with its shard and key.")
   parser.add_argument("shards", help="shard pattern: 'data/{00000..00009}.tar', 'data/*.tar'")
   parser.add_argument("--key_field", default="key")
   parser.add_argument("--caption_field", default="caption")
