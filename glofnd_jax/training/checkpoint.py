@@ -64,10 +64,11 @@ def config_fingerprint(config: ml_collections.ConfigDict, num_samples: int) -> d
   """The config fields a checkpoint's arrays and data position depend on, as plain JSON.
 
   ``task``, the ``seed`` (the data order), the dataset (name and size N: the per-sample arrays
-  have N rows), the global batch (the step -> epoch and data-iterator mapping), the whole model config but its compute dtype,
-  the loss kind (the string fields of ``config.loss``, e.g. ``name`` or ``version``: numbers such
-  as the temperature may be changed on resume), the detection mode and every alpha (one
-  per-sample state each). Missing fields are skipped, so every task's config works.
+  have N rows), the global batch (the step -> epoch and data-iterator mapping), the whole model
+  config but its compute dtype, the loss kind (the string fields of ``config.loss``, e.g.
+  ``name`` or ``version``: numbers such as the temperature may be changed on resume), the
+  detection mode and every alpha (one per-sample state each). Missing fields are skipped, so
+  every task's config works.
   """
   fingerprint: dict[str, Any] = {"task": config.get("task", "unimodal"),
                                  "num_samples": int(num_samples)}
