@@ -7,6 +7,14 @@
   glofnd-jax rekey-shards PATTERN OUT_DIR [--all]
   glofnd-jax train-tokenizer (--captions FILE | --shards PATTERN) --out tokenizer.json
   glofnd-jax demo [...]
+
+Exit status of ``train``: 0 when the run finished *and* when it stopped on SIGTERM after saving a
+checkpoint (or before its first step): ``WORKDIR/status.json`` says which (``"finished"``,
+``"preempted"``). Not a distinct code on purpose: under ``srun --kill-on-bad-exit`` a non-zero
+exit of the first process to finish its save would kill the others still saving. 1: an error
+(a traceback, e.g. a non-finite stop or a refused resume); 2: bad command-line flags; 143: killed
+by SIGTERM before the handler was installed (while importing). ``launch/slurm.sbatch`` requeues
+on 0-but-not-finished and on signals, never on 1 or 2.
 """
 
 from __future__ import annotations

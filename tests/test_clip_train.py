@@ -37,6 +37,7 @@ def test_cc3m_configs_train_and_evaluate(name, tower, shards, tmp_path, capsys):
   meta = results["meta"]
   assert meta["num_train_pairs"] == 64 and meta["data_size"] == 201
   assert meta["train_bad_samples"] == {"unusable": 0, "empty_captions": 1, "bad_images": 0}
+  assert meta["train_damaged_shards"] == {"count": 0, "shards": []}
   for direction in ("image_to_text", "text_to_image"):
     entry = results["retrieval"][direction]
     assert set(entry) >= {"R@1", "R@5", "R@10", "median_rank", "mean_rank", "chance"}

@@ -210,13 +210,21 @@ def test_tpu_pod_reuses_an_existing_vm_and_needs_a_zone(fake_gcloud):
 
 # ------------------------------------------------------------------------------ slurm.sbatch
 
+# A fake srun: logs its command line; for `train` it writes status.json with $FAKE_STATUS (if
+# set), may send SIGTERM to the batch shell ($FAKE_SHELL_SIGNAL: preemption / the time limit),
+# then exits with $FAKE_RC or dies of signal $FAKE_DIES_OF (as srun does when a task did).
 FAKE_SRUN = '''#!/usr/bin/env bash
 echo "srun $*" >> "$FAKE_SLURM_LOG"
 for arg in "$@"; do
   case "$arg" in --workdir=*) workdir=${arg#--workdir=} ;; esac
 done
 if [[ " $* " == *" train "* ]]; then
-  printf '{"status": "%s", "step": 5, "total_steps": 10}\\n' "$FAKE_STATUS" > "$workdir/status.json"
+  if [[ -n "${FAKE_STATUS:-}" ]]; then
+    printf '{"status": "%s", "step": 5, "total_steps": 10}\\n' "$FAKE_STATUS" > "$workdir/status.json"
+  fi
+  [[ -n "${FAKE_SHELL_SIGNAL:-}" ]] && kill -TERM "$PPID"
+  [[ -n "${FAKE_DIES_OF:-}" ]] && kill -"$FAKE_DIES_OF" $$
+  exit "${FAKE_RC:-0}"
 fi
 '''
 FAKE_SCONTROL = '''#!/usr/bin/env bash
@@ -224,8 +232,9 @@ echo "scontrol $*" >> "$FAKE_SLURM_LOG"
 '''
 
 
-@pytest.mark.parametrize("status", ["preempted", "finished"])
-def test_slurm_script_requeues_until_the_run_is_finished(tmp_path, status):
+def _run_slurm_script(tmp_path, **fake) -> tuple[subprocess.CompletedProcess, list[str]]:
+  """Run launch/slurm.sbatch with the fake srun / scontrol first on PATH; ``fake`` sets the
+  FAKE_* variables. Returns the result and the srun / scontrol calls, in order."""
   bin_dir = tmp_path / "bin"
   _executable(bin_dir / "srun", FAKE_SRUN)
   _executable(bin_dir / "scontrol", FAKE_SCONTROL)
@@ -235,12 +244,18 @@ def test_slurm_script_requeues_until_the_run_is_finished(tmp_path, status):
   log = tmp_path / "slurm.log"
   env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", VENV=str(venv),
              CONFIG="configs/digits_sogclr_glofnd.py", WORKDIR=str(tmp_path / "run"),
-             REPO=str(REPO), SLURM_JOB_ID="4242", FAKE_SLURM_LOG=str(log), FAKE_STATUS=status)
+             REPO=str(REPO), SLURM_JOB_ID="4242", FAKE_SLURM_LOG=str(log),
+             **{f"FAKE_{k.upper()}": str(v) for k, v in fake.items()})
   result = subprocess.run(["bash", str(SLURM), "--config.epochs=3"], env=env,
                           capture_output=True, text=True, timeout=60)
+  return result, log.read_text().splitlines()
+
+
+@pytest.mark.parametrize("status", ["preempted", "finished"])
+def test_slurm_script_requeues_until_the_run_is_finished(tmp_path, status):
+  result, calls = _run_slurm_script(tmp_path, status=status)
   assert result.returncode == 0, result.stdout + result.stderr
-  calls = log.read_text().splitlines()
-  assert calls[0] == (f"srun --kill-on-bad-exit=1 {venv}/bin/glofnd-jax train "
+  assert calls[0] == (f"srun --kill-on-bad-exit=1 {tmp_path}/venv/bin/glofnd-jax train "
                       f"--config=configs/digits_sogclr_glofnd.py --workdir={tmp_path / 'run'} "
                       "--noevaluate --config.epochs=3")
   if status == "preempted":
@@ -248,6 +263,34 @@ def test_slurm_script_requeues_until_the_run_is_finished(tmp_path, status):
   else:
     assert calls[1].startswith("srun --ntasks=1") and " eval " in calls[1]
     assert len(calls) == 2
+
+
+# (what srun does, status.json after it) -> requeued? A status.json left by an earlier job says
+# "preempted": only srun's exit status and the job's own signal tell a failure from a stop.
+SLURM_OUTCOMES = {
+    "task_killed_by_sigterm_before_saving": (dict(dies_of="TERM"), True),
+    "shell_sigterm_then_tasks_sigkilled": (dict(shell_signal=1, rc=137), True),
+    "shell_sigterm_then_saved_and_exit_0": (dict(shell_signal=1, status="preempted"), True),
+    "python_error": (dict(rc=1), False),
+    "out_of_memory_kill": (dict(rc=137), False),
+    "segfault": (dict(dies_of="SEGV"), False),
+}
+
+
+@pytest.mark.parametrize("outcome", sorted(SLURM_OUTCOMES))
+def test_slurm_script_requeues_on_signals_and_stops_on_failures(tmp_path, outcome):
+  fake, requeued = SLURM_OUTCOMES[outcome]
+  (tmp_path / "run").mkdir()
+  (tmp_path / "run" / "status.json").write_text('{"status": "preempted", "step": 3}\n')
+  result, calls = _run_slurm_script(tmp_path, **fake)
+  output = result.stdout + result.stderr
+  assert calls[0].startswith("srun --kill-on-bad-exit=1 ") and " train " in calls[0]
+  if requeued:
+    assert result.returncode == 0, output
+    assert calls[1:] == ["scontrol requeue 4242"], output
+  else:
+    assert result.returncode != 0 and calls[1:] == [], output
+    assert "training failed (exit status" in result.stderr and "not requeueing" in result.stderr
 
 
 def test_slurm_script_names_missing_settings(tmp_path):

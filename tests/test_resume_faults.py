@@ -1,16 +1,21 @@
 """Nothing lost, nothing duplicated: resume faults and what they must (not) change.
 
 In process, on the tiny digits recipe: a SIGTERM before the first step, a refused resume, a
-second run on a workdir in use, an unwritable checkpoint folder, damaged checkpoints (each falls
-back to the older one), torn metrics and snapshot files, and a run whose newest checkpoint was
-lost (as after kill -9 between checkpoints). In subprocesses (``slow``): ``glofnd-jax train``
-killed with SIGKILL and started again.
+second run on a workdir in use, an unwritable checkpoint folder, damaged checkpoints and data
+positions (each falls back to the older one), torn metrics and snapshot files, a run whose newest
+checkpoint was lost (as after kill -9 between checkpoints), a resume with another seed. In
+subprocesses (``slow``): ``glofnd-jax train`` killed with SIGKILL between checkpoints, in the
+middle of a checkpoint write and during the evaluation, and started again, compared with one
+uninterrupted run.
 """
 
 import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
+import time
 
 import jax.numpy as jnp
 import numpy as np
@@ -18,6 +23,7 @@ import pytest
 import train_cli
 from test_train import DIGITS, load_config, tiny
 
+from glofnd_jax import data
 from glofnd_jax.training import checkpoint as checkpoint_lib
 from glofnd_jax.training import loop, plots
 from glofnd_jax.training import metrics as metrics_lib
@@ -56,6 +62,45 @@ def test_refused_resume_leaves_the_config_file_alone(tmp_path):
   with pytest.raises(checkpoint_lib.IncompatibleCheckpointError):
     loop.train_and_evaluate(changed, tmp_path)
   assert (tmp_path / loop.CONFIG_FILE).read_text() == "the saved run's config\n"
+
+
+def _restore_and_close(checkpointer, *iterator, newest_complete: bool = False):
+  """``(state, step)`` restored onto ``{"u": zeros(4)}``; the checkpointer is closed after."""
+  try:
+    restore = checkpointer.restore_newest_complete if newest_complete else checkpointer.restore
+    return restore({"u": jnp.zeros(4)}, *iterator)
+  finally:
+    checkpointer.close()
+
+
+def test_resume_with_another_seed_is_refused_unless_allowed(tmp_path, capsys):
+  run = task_lib.build_run(tiny(load_config(DIGITS)), tmp_path)  # seed 0
+  checkpointer = run.checkpointer()
+  checkpointer.save(4, {"u": jnp.arange(4.0)})
+  checkpointer.close()
+  run.config.seed = 1
+  with pytest.raises(checkpoint_lib.IncompatibleCheckpointError,
+                     match=r"seed: checkpoint 0, now 1\..*config.allow_seed_change=True"):
+    _restore_and_close(run.checkpointer())
+  run.config.allow_seed_change = True
+  state, step = _restore_and_close(run.checkpointer())
+  assert step == 4
+  np.testing.assert_array_equal(state["u"], np.arange(4.0))
+  assert ("resuming checkpoint step 4 with seed=1 (it was written with 0), as allowed: from the "
+          "resumed step the data order") in capsys.readouterr().out
+  run.config.model.proj_dim = 32  # the flag allows the seed only
+  with pytest.raises(checkpoint_lib.IncompatibleCheckpointError, match="model.proj_dim"):
+    _restore_and_close(run.checkpointer())
+
+
+def test_checkpoint_without_a_saved_seed_still_restores(tmp_path):
+  """Checkpoints written before the seed was fingerprinted are not refused for lacking it."""
+  directory = tmp_path / "checkpoints"
+  checkpointer = checkpoint_lib.Checkpointer(directory, fingerprint={"batch_size": 16})
+  checkpointer.save(2, {"u": jnp.arange(4.0)})
+  checkpointer.close()
+  checkpointer = checkpoint_lib.Checkpointer(directory, fingerprint={"batch_size": 16, "seed": 3})
+  assert _restore_and_close(checkpointer)[1] == 2
 
 
 def test_metrics_cut_back_to_the_restored_step_and_torn_line_dropped(tmp_path):
@@ -155,6 +200,38 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_older_one(tmp_path, corrupt
   assert f"moved to {directory / 'corrupt' / '4-0'}" in out
 
 
+def _position_iterator(steps: int = 0):
+  iterator = data.make_iterator(data.SyntheticSource(num_samples=32, image_shape=(4, 4, 1)),
+                                global_batch_size=8, seed=3, read_threads=0)
+  for _ in range(steps):
+    next(iterator)
+  return iterator
+
+
+@pytest.mark.parametrize("position", ["{\"last_seen_indi", "{\"no_such_field\": 1}", "[]"])
+def test_corrupt_data_position_of_the_newest_checkpoint_falls_back(tmp_path, position, capsys):
+  """Torn or meaningless JSON in the newest checkpoint's data-iterator position: the older
+  checkpoint restores, state and data position together (the next batch is the one after it)."""
+  directory = tmp_path / "checkpoints"
+  iterator = _position_iterator()
+  checkpointer = checkpoint_lib.Checkpointer(directory, position_is_global=True)
+  for step in (2, 4):
+    for _ in range(2):
+      next(iterator)
+    checkpointer.save(step, {"u": jnp.arange(4.0) + step}, iterator)
+  checkpointer.close()
+  (directory / "4" / "data" / "process_0-of-1.json").write_text(position)
+  resumed = _position_iterator()
+  state, step = _restore_and_close(
+      checkpoint_lib.Checkpointer(directory, position_is_global=True), resumed,
+      newest_complete=True)
+  assert step == 2
+  np.testing.assert_array_equal(state["u"], np.arange(4.0) + 2)
+  np.testing.assert_array_equal(next(resumed)["index"], next(_position_iterator(2))["index"])
+  assert (directory / "corrupt" / "4-0").exists()
+  assert f"checkpoint step 4 in {directory} does not restore (" in capsys.readouterr().out
+
+
 def test_no_checkpoint_restores_says_what_to_do(tmp_path):
   directory = tmp_path / "checkpoints"
   checkpointer = checkpoint_lib.Checkpointer(directory)
@@ -214,20 +291,21 @@ def test_an_unwritable_checkpoint_directory_fails_the_save_at_once(tmp_path):
     checkpointer.close()
 
 
-@pytest.mark.slow
-def test_kill_9_between_checkpoints_then_resume_matches_a_straight_run(tmp_path):
-  """``glofnd-jax train`` killed with SIGKILL after step 4 was logged (checkpoints every 3
-  steps) and started again ends with the straight run's state, metrics and lambda snapshots."""
-  cache = tmp_path / "compilation_cache"
-  overrides = ("--config.epochs=3", "--config.lambda_snapshot_every_epochs=1", "--noevaluate")
-  killed_dir, straight_dir = tmp_path / "killed", tmp_path / "straight"
-  killed = train_cli.start(killed_dir, *overrides, cache_dir=cache)
-  train_cli.wait_until_logged(killed, killed_dir, 4)
-  killed.kill()
-  killed.wait()
-  straight = train_cli.start(straight_dir, *overrides, cache_dir=cache)
-  train_cli.run(killed_dir, *overrides, cache_dir=cache)
-  train_cli.finish(straight)
+# The subprocess runs below: 12 steps (3 epochs of 4), checkpoints every 3 steps.
+KILLED_RUN = ("--config.epochs=3", "--config.lambda_snapshot_every_epochs=1")
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+  """``(workdir, compilation cache)`` of one uninterrupted, evaluated run that the kill -9
+  tests compare with (they share its cache: each program is compiled once)."""
+  root = tmp_path_factory.mktemp("straight")
+  train_cli.run(root / "run", *KILLED_RUN, cache_dir=root / "compilation_cache")
+  return root / "run", root / "compilation_cache"
+
+
+def _same_outputs_as(straight_dir, killed_dir) -> None:
+  """Final state bit for bit, metric rows (but timing) and lambda snapshots."""
   step_a, arrays_a = train_cli.read_state(straight_dir)
   step_b, arrays_b = train_cli.read_state(killed_dir)
   assert step_a == step_b == 12
@@ -235,4 +313,88 @@ def test_kill_9_between_checkpoints_then_resume_matches_a_straight_run(tmp_path)
   assert _logged(killed_dir) == _logged(straight_dir)
   with np.load(killed_dir / "lambda_snapshots.npz") as a, \
        np.load(straight_dir / "lambda_snapshots.npz") as b:
+    np.testing.assert_array_equal(a["epochs"], b["epochs"])
     np.testing.assert_array_equal(a["counts"], b["counts"])
+
+
+@pytest.mark.slow
+def test_kill_9_between_checkpoints_then_resume_matches_a_straight_run(tmp_path, straight_run):
+  """``glofnd-jax train`` killed with SIGKILL after step 4 was logged (checkpoints every 3
+  steps) and started again ends with the straight run's state, metrics and lambda snapshots."""
+  straight_dir, cache = straight_run
+  killed_dir = tmp_path / "killed"
+  killed = train_cli.start(killed_dir, *KILLED_RUN, "--noevaluate", cache_dir=cache)
+  train_cli.wait_until_logged(killed, killed_dir, 4)
+  killed.kill()
+  killed.wait()
+  killed.stdout.close()
+  train_cli.run(killed_dir, *KILLED_RUN, "--noevaluate", cache_dir=cache)
+  _same_outputs_as(straight_dir, killed_dir)
+
+# `glofnd-jax train` with a fault hook: $FAULT=save:S stops forever inside the data-position
+# write of step S's checkpoint (the save's temporary folder exists, it is not committed);
+# $FAULT=eval stops forever after the first features of the evaluation are computed. Either way it
+# first creates $FAULT_MARKER, so the test knows when to kill -9.
+HANGING_TRAIN = """
+import os, pathlib, sys, time
+fault, marker = os.environ["FAULT"], pathlib.Path(os.environ["FAULT_MARKER"])
+
+def hang():
+  marker.write_text(fault)
+  time.sleep(600)
+
+if fault.startswith("save:"):
+  import grain
+  handler, prefix = grain.checkpoint.CheckpointHandler, fault[5:] + ".orbax-checkpoint-tmp"
+  write = handler.save
+  def save(self, directory, *args, **kwargs):
+    write(self, directory, *args, **kwargs)
+    if directory.parent.name.startswith(prefix):
+      hang()
+  handler.save = save
+else:
+  from glofnd_jax.evaluation import unimodal
+  features = unimodal.run_features
+  unimodal.run_features = lambda *args, **kwargs: (features(*args, **kwargs), hang())
+from glofnd_jax import cli
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def _kill_9_at(fault: str, workdir, overrides, cache, tmp_path) -> None:
+  """Run ``glofnd-jax train`` until the fault hook hangs it, then SIGKILL it."""
+  marker = tmp_path / f"hung_{fault.replace(':', '_')}"
+  command = [sys.executable, "-c", HANGING_TRAIN,
+             *train_cli.train_command(workdir, *overrides)[3:]]
+  process = subprocess.Popen(
+      command, env={**train_cli.env(cache_dir=cache), "FAULT": fault, "FAULT_MARKER": str(marker)},
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  deadline = time.monotonic() + 240
+  while not marker.exists():
+    assert process.poll() is None, train_cli.finish(process)
+    assert time.monotonic() < deadline, f"{fault} was never reached"
+    time.sleep(0.02)
+  process.kill()
+  process.wait()
+  process.stdout.close()
+
+
+@pytest.mark.slow
+def test_kill_9_mid_save_and_during_evaluation_then_resume_matches_a_straight_run(
+    tmp_path, straight_run):
+  """Killed with SIGKILL while writing the step-6 checkpoint (the last complete one is step 3),
+  resumed and killed again during the evaluation, resumed again: the same final state, metrics,
+  lambda snapshots and results.json as a run never stopped."""
+  straight_dir, cache = straight_run
+  killed_dir = tmp_path / "killed"
+  _kill_9_at("save:6", killed_dir, KILLED_RUN, cache, tmp_path)
+  checkpoints = killed_dir / "checkpoints"
+  assert list(checkpoints.glob("6.orbax-checkpoint-tmp*"))  # killed mid-save
+  assert not (checkpoints / "6").exists() and (checkpoints / "3").exists()
+  _kill_9_at("eval", killed_dir, KILLED_RUN, cache, tmp_path)
+  assert json.loads((killed_dir / loop.STATUS_FILE).read_text())["status"] == "finished"
+  assert not (killed_dir / "results.json").exists()
+  train_cli.run(killed_dir, *KILLED_RUN, cache_dir=cache)
+  _same_outputs_as(straight_dir, killed_dir)
+  assert ((killed_dir / "results.json").read_text()
+          == (straight_dir / "results.json").read_text())

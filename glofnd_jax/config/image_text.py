@@ -12,6 +12,7 @@ import ml_collections
 
 from glofnd_jax import detection, objectives, siglip
 from glofnd_jax.config import common as config_common
+from glofnd_jax.data.pairs.integrity import DAMAGED_SHARD_POLICIES
 from glofnd_jax.data.pairs.screening import BAD_SAMPLE_POLICIES
 from glofnd_jax.models import clip as clip_models
 from glofnd_jax.training import optim
@@ -21,6 +22,10 @@ def clip_base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.task = "clip"              # image-text: FastCLIP v1/v3 + GloFND (training/image_text.py)
   c.seed = 0
+  # Resume a checkpoint written with another seed (refused by default). From the resumed step
+  # the data order and the evaluation's random splits follow the new seed; the parameters and the
+  # PRNG key of augmentations come from the checkpoint: the run matches neither seed's run.
+  c.allow_seed_change = False
   c.batch_size = 1024          # global batch, over all devices and processes
   c.epochs = 37
   c.log_every_steps = 100
@@ -44,6 +49,9 @@ def clip_base_config() -> ml_collections.ConfigDict:
   c.data.index_dir = ""        # shard-index and bad-sample cache ("" = <workdir>/data/index)
   c.data.index_workers = 4     # threads indexing shards and screening samples
   c.data.on_bad_sample = "skip"  # skip (count, leave out) | fail (error naming shard and key)
+  # A webdataset shard cut short or unreadable, or not matching its manifest: fail (error naming
+  # the shard, byte offset, last good key) | skip (train on its intact samples; reported).
+  c.data.on_damaged_shard = "fail"
   c.data.verify_images = True  # decode every image once before training (cached)
   c.data.image_size = 224      # images are resized to this in the input pipeline
   c.data.channels = 3
@@ -138,6 +146,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
       f"choose one of {', '.join(n for n in LOSS_NAMES if n)} ('' = fastclip_<loss.version>).")
   req(config.data.on_bad_sample in BAD_SAMPLE_POLICIES, "data.on_bad_sample",
       config.data.on_bad_sample, "use 'skip' or 'fail'.")
+  req(config.data.get("on_damaged_shard", "fail") in DAMAGED_SHARD_POLICIES,
+      "data.on_damaged_shard", config.data.get("on_damaged_shard"), "use 'fail' or 'skip'.")
   req(config.model.image_tower in clip_models.IMAGE_TOWERS, "model.image_tower",
       config.model.image_tower, f"choose one of {', '.join(clip_models.IMAGE_TOWERS)}.")
   req(config.optim.name == "adamw", "optim.name", config.optim.name,

@@ -18,6 +18,10 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.task = "unimodal"           # unimodal (SogCLR/SimCLR on images)
   c.seed = 0
+  # Resume a checkpoint written with another seed (refused by default). From the resumed step
+  # the data order and the evaluation's random splits follow the new seed; the parameters and the
+  # PRNG key of augmentations come from the checkpoint: the run matches neither seed's run.
+  c.allow_seed_change = False
   c.batch_size = 128           # global batch, over all devices and processes
   c.epochs = 100
   c.log_every_steps = 20

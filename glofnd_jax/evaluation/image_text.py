@@ -147,6 +147,7 @@ def evaluate_clip_run(run, state) -> dict:
       "num_test_pairs": 0 if test is None else int(len(test["keys"])),
       "train_bad_samples": {k: run.screen_report[k]["count"]
                             for k in ("unusable", "empty_captions", "bad_images")},
+      "train_damaged_shards": run.screen_report.get("damaged_shards", {"count": 0, "shards": []}),
       "temperature": float(1.0 / np.exp(np.asarray(jax.device_get(state.params["logit_scale"])))),
       "train_detector_last_epoch": ev.last_epoch_detector(
           run.workdir, run.steps_per_epoch, sides=("img/", "txt/"), present="img/kept_fraction")}

@@ -23,7 +23,10 @@ depend on (:func:`config_fingerprint`).
   changed since the save, every process takes that common position (a clear error if the saved
   positions differ).
 * **Compatible configs only.** Restoring compares the saved fingerprint with the current one and
-  raises :class:`IncompatibleCheckpointError` naming every field that differs.
+  raises :class:`IncompatibleCheckpointError` naming every field that differs. The ``seed`` is
+  part of it (it orders the data): a resume with another seed is refused unless the run allows
+  it (``config.allow_seed_change``, passed as ``may_change=("seed",)``), which prints what
+  changes.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import grain
 import jax
@@ -41,6 +44,16 @@ import orbax.checkpoint as ocp
 STATE, DATA, FINGERPRINT = "state", "data", "fingerprint"
 # Model fields that change no saved array: compute dtype (parameters are stored as created).
 _MODEL_FIELDS_FREE_TO_CHANGE = ("dtype",)
+# Fingerprint fields added after checkpoints without them were written: a checkpoint lacking
+# one is not refused for it (it was written by an older version, not with another value).
+_ADDED_LATER = ("seed",)
+# What a resume with another value of a field that ``may_change`` allows means, for the log.
+_CHANGE_EFFECTS = {
+    "seed": "from the resumed step the data order (the shuffle of every later epoch) and the "
+            "evaluation's random splits follow the new seed; parameters, per-sample state and "
+            "the PRNG key of augmentations and dropout come from the checkpoint, so the run "
+            "matches neither seed's uninterrupted run",
+}
 
 
 class IncompatibleCheckpointError(ValueError):
@@ -50,14 +63,17 @@ class IncompatibleCheckpointError(ValueError):
 def config_fingerprint(config: ml_collections.ConfigDict, num_samples: int) -> dict:
   """The config fields a checkpoint's arrays and data position depend on, as plain JSON.
 
-  ``task``, the dataset (name and size N: the per-sample arrays have N rows), the global batch
-  (the step -> epoch and data-iterator mapping), the whole model config but its compute dtype,
-  the loss kind (the string fields of ``config.loss``, e.g. ``name`` or ``version``: numbers such
-  as the temperature may be changed on resume), the detection mode and every alpha (one
-  per-sample state each). Missing fields are skipped, so every task's config works.
+  ``task``, the ``seed`` (the data order), the dataset (name and size N: the per-sample arrays
+  have N rows), the global batch (the step -> epoch and data-iterator mapping), the whole model
+  config but its compute dtype, the loss kind (the string fields of ``config.loss``, e.g.
+  ``name`` or ``version``: numbers such as the temperature may be changed on resume), the
+  detection mode and every alpha (one per-sample state each). Missing fields are skipped, so
+  every task's config works.
   """
   fingerprint: dict[str, Any] = {"task": config.get("task", "unimodal"),
                                  "num_samples": int(num_samples)}
+  if "seed" in config:
+    fingerprint["seed"] = int(config.seed)
   if "batch_size" in config:
     fingerprint["batch_size"] = int(config.batch_size)
   if "data" in config and "name" in config.data:
@@ -103,13 +119,17 @@ class Checkpointer:
     on_restore: optional ``f(state, step) -> state`` applied after a *training* resume (a
       restore with the data iterator), e.g. to reset the thresholds; ``glofnd-jax eval``
       restores without the iterator and gets the saved state unchanged.
+    may_change: fingerprint fields whose change a restore accepts (e.g. ``("seed",)`` for
+      ``config.allow_seed_change``), with one line saying what the change means.
   """
 
   def __init__(self, directory, *, max_to_keep: int = 3, async_save: bool = True,
                fingerprint: dict | None = None, position_is_global: bool = False,
-               on_restore: Callable[[Any, int], Any] | None = None):
+               on_restore: Callable[[Any, int], Any] | None = None,
+               may_change: Sequence[str] = ()):
     self.directory = pathlib.Path(directory).absolute()
     self.fingerprint = fingerprint
+    self.may_change = tuple(may_change)
     self.position_is_global = position_is_global
     self.on_restore = on_restore
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
@@ -172,9 +192,18 @@ class Checkpointer:
     saved = self.saved_fingerprint(step)
     if saved is None:
       return  # written before fingerprints existed: the shape checks below still apply
-    differences = fingerprint_differences(saved, self.fingerprint)
+    current = {k: v for k, v in self.fingerprint.items() if k in saved or k not in _ADDED_LATER}
+    for key in self.may_change:
+      if key in saved and saved[key] != current.get(key):
+        effect = _CHANGE_EFFECTS.get(key, "the resumed run continues with the new value")
+        print(f"resuming checkpoint step {step} with {key}={current.get(key)!r} (it was written "
+              f"with {saved[key]!r}), as allowed: {effect}.", flush=True)
+        current[key] = saved[key]
+    differences = fingerprint_differences(saved, current)
     if not differences:
       return
+    seed_hint = (" (a changed seed may be allowed with config.allow_seed_change=True)"
+                 if any(d.startswith("seed:") for d in differences) else "")
     detail = ""
     if saved.get("num_samples") != self.fingerprint.get("num_samples"):
       detail = (f" The dataset now has {self.fingerprint.get('num_samples')} samples but the "
@@ -184,7 +213,7 @@ class Checkpointer:
     raise IncompatibleCheckpointError(
         f"checkpoint step {step} in {self.directory} was written with a different config: "
         f"{'; '.join(differences)}.{detail} Resume with the config it was written with (the "
-        "run's config.json), or start a new run in another --workdir.")
+        f"run's config.json){seed_hint}, or start a new run in another --workdir.")
 
   def restore(self, state_target, data_iterator=None, step: int | None = None):
     """Restore onto ``state_target`` (a state or its ``jax.ShapeDtypeStruct`` tree with

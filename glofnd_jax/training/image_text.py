@@ -92,7 +92,8 @@ class ClipRun(task_lib.Task):
       source = open_pair_source(
           d.name, split, shards=shards, data_dir=d.data_dir, workdir=self.workdir,
           key_field=d.key_field, caption_field=d.caption_field, label_field=d.label_field,
-          index_dir=self.index_dir, workers=d.index_workers, seed=self.config.seed)
+          index_dir=self.index_dir, workers=d.index_workers, seed=self.config.seed,
+          on_damaged_shard=d.get("on_damaged_shard", "fail"))
     except (FileNotFoundError, ValueError) as error:
       # The reader names the shard and the fix; add the config fields that led to it.
       raise type(error)(f"cannot open the {role} pairs (config.data.name={d.name!r}, "
@@ -102,6 +103,11 @@ class ClipRun(task_lib.Task):
                               verify_images=d.verify_images, workers=d.index_workers,
                               cache_dir=self.index_dir)
     report = screened.report
+    damaged = list(getattr(source, "damaged", []))
+    report["damaged_shards"] = {"count": len(damaged), "shards": damaged}
+    if damaged and jax.process_index() == 0:
+      print(f"{role} split {split!r}: {len(damaged)} damaged shard(s), only their intact samples "
+            f"are used (data.on_damaged_shard='skip'): {'; '.join(damaged)}")
     skipped = {k: report[k]["count"] for k in ("unusable", "empty_captions", "bad_images")
                if report[k]["count"]}
     if skipped and jax.process_index() == 0:

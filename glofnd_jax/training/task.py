@@ -86,7 +86,8 @@ class Task:
     return checkpoint_lib.Checkpointer(
         self.workdir / "checkpoints", max_to_keep=self.config.keep_checkpoints,
         fingerprint=checkpoint_lib.config_fingerprint(self.config, self.num_samples),
-        position_is_global=True, on_restore=self.on_restore)
+        position_is_global=True, on_restore=self.on_restore,
+        may_change=("seed",) if self.config.get("allow_seed_change", False) else ())
 
   def learned_thresholds(self, state):
     """The per-sample threshold states (one per alpha), ``None`` for modes without them."""

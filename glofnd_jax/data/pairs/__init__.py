@@ -4,8 +4,10 @@ Modules, each importing only those listed above it:
 
 * :mod:`~glofnd_jax.data.pairs.contract`        the pair-source protocol and the index contract
   (a sample's key is its global index; :func:`check_keys`; :class:`PairSubset`).
+* :mod:`~glofnd_jax.data.pairs.integrity`       damaged shards: a tar cut short or unreadable,
+  a shard that lost samples against its manifest or the run's first index.
 * :mod:`~glofnd_jax.data.pairs.shards`          the webdataset tar format: shard lists, one
-  shard's index (cached), :class:`ShardWriter`, :func:`iterate_samples`.
+  shard's index (cached, damage included), :class:`ShardWriter`, :func:`iterate_samples`.
 * :mod:`~glofnd_jax.data.pairs.webdataset`      :class:`WebDatasetPairSource`: shards read by
   random access.
 * :mod:`~glofnd_jax.data.pairs.arrayrecord`     our ArrayRecord image-caption format.

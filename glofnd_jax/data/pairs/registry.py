@@ -17,7 +17,7 @@ def open_pair_source(name: str, split: str, *, shards: str = "", data_dir: str =
                      workdir: str | os.PathLike | None = None, key_field: str = "key",
                      caption_field: str = "caption", label_field: str = "label",
                      index_dir: str | os.PathLike | None = None, workers: int = 4,
-                     seed: int = 0):
+                     seed: int = 0, on_damaged_shard: str = "fail"):
   """Opens split ``split`` of the image-caption dataset ``name`` (before screening).
 
   Args:
@@ -32,6 +32,8 @@ def open_pair_source(name: str, split: str, *, shards: str = "", data_dir: str =
     index_dir: cache directory of shard indexes.
     workers: threads for indexing.
     seed: the digits' split seed.
+    on_damaged_shard: webdataset shards: ``'fail'`` or ``'skip'`` (see
+      :class:`~glofnd_jax.data.pairs.webdataset.WebDatasetPairSource`).
   """
   if name == "digits_captions":
     root = data_dir or (None if workdir is None else pathlib.Path(workdir) / "data")
@@ -45,7 +47,8 @@ def open_pair_source(name: str, split: str, *, shards: str = "", data_dir: str =
       raise ValueError(f"dataset 'webdataset' split {split!r} needs its shards: a pattern such "
                        "as '/data/cc3m/{00000..00331}.tar'.")
     return WebDatasetPairSource(shards, key_field=key_field, caption_field=caption_field,
-                                label_field=label_field, index_dir=index_dir, workers=workers)
+                                label_field=label_field, index_dir=index_dir, workers=workers,
+                                on_damaged_shard=on_damaged_shard)
   if name == "arrayrecord_captions":
     if not data_dir:
       raise ValueError("dataset 'arrayrecord_captions' needs data.data_dir (written by "

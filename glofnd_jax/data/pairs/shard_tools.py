@@ -2,8 +2,10 @@
 
 :func:`validate_shards` reports every violation of the contract of
 :mod:`~glofnd_jax.data.pairs.contract` (missing, duplicate, out-of-range keys) with its shard and
-sample, plus holes, unusable samples and, on request, bad images and empty captions.
-:func:`rekey_shards` writes copies of shards in which every sample has a key. They back the
+sample, plus damaged shards (cut short, unreadable, not matching their manifest: each named with
+the byte offset and the last good key), holes, unusable samples and, on request, bad images and
+empty captions. :func:`rekey_shards` writes copies of shards in which every sample has a key; it
+refuses damaged shards (it would silently drop the samples past the damage). They back the
 commands ``glofnd-jax validate-shards`` (:func:`validate_main`) and ``glofnd-jax rekey-shards``
 (:func:`rekey_main`).
 """
@@ -22,6 +24,10 @@ from glofnd_jax.data.pairs.screening import screen_samples
 from glofnd_jax.data.pairs.shards import (MISSING, ShardWriter, expand_shards, index_shards,
                                           int_field, iterate_samples)
 from glofnd_jax.data.pairs.webdataset import WebDatasetPairSource
+
+
+ISSUE_KINDS = ("damaged_shards", "missing_key", "duplicate_keys", "out_of_range", "unusable",
+               "bad_images", "empty_captions")
 
 
 def _hole_ranges(keys: np.ndarray, limit: int = 5) -> tuple[int, list[list[int]]]:
@@ -57,17 +63,16 @@ def validate_shards(shards: str | Sequence[str], *, key_field: str = "key",
     A JSON-ready dict: ``num_shards``, ``num_samples``, ``data_size`` (max key + 1),
     ``num_holes`` and ``hole_ranges`` (first runs of missing keys), ``missing_key``,
     ``duplicate_keys``, ``out_of_range``, ``unusable`` (no image/caption, bad json),
-    ``bad_images``, ``empty_captions`` (with ``verify_images``): each ``{"count", "examples"}``
-    with examples ``"shard ... sample ... key ..."``; ``per_shard`` sample counts; and ``ok``:
-    False when a key is missing, duplicated or out of range (training would refuse the set).
+    ``bad_images``, ``empty_captions`` (with ``verify_images``), ``damaged_shards``: each
+    ``{"count", "examples"}`` with examples ``"shard ... sample ... key ..."``; ``per_shard``
+    sample counts (the intact ones); and ``ok``: False when a shard is damaged or a key is
+    missing, duplicated or out of range (training would refuse the set).
   """
   paths = expand_shards(shards)
   indexes = index_shards(paths, key_field=key_field, caption_field=caption_field,
                          label_field=label_field, index_dir=None, workers=workers)
   report: dict[str, Any] = {"num_shards": len(paths), "per_shard": {}}
-  issues = {name: {"count": 0, "examples": []} for name in
-            ("missing_key", "duplicate_keys", "out_of_range", "unusable", "bad_images",
-             "empty_captions")}
+  issues = {name: {"count": 0, "examples": []} for name in ISSUE_KINDS}
 
   def add(kind: str, text: str) -> None:
     issues[kind]["count"] += 1
@@ -77,6 +82,8 @@ def validate_shards(shards: str | Sequence[str], *, key_field: str = "key",
   all_keys, where = [], []
   for index in indexes:
     report["per_shard"][index.shard] = len(index)
+    if index.damage:
+      add("damaged_shards", index.damage)
     for name, reason in index.problems:
       add("unusable", f"shard {index.shard} sample {name!r}: {reason}")
     for name, key in zip(index.names.tolist(), index.keys.tolist()):
@@ -106,7 +113,8 @@ def validate_shards(shards: str | Sequence[str], *, key_field: str = "key",
   if verify_images:
     try:
       source = WebDatasetPairSource(paths, key_field=key_field, caption_field=caption_field,
-                                    label_field=label_field, workers=workers)
+                                    label_field=label_field, workers=workers,
+                                    on_damaged_shard="skip")
     except ValueError as error:
       report["verify_error"] = str(error)
     else:
@@ -117,7 +125,7 @@ def validate_shards(shards: str | Sequence[str], *, key_field: str = "key",
       source.close()
   report.update(issues)
   report["ok"] = not (issues["missing_key"]["count"] or issues["duplicate_keys"]["count"]
-                      or issues["out_of_range"]["count"])
+                      or issues["out_of_range"]["count"] or issues["damaged_shards"]["count"])
   return report
 
 
@@ -126,16 +134,20 @@ def format_validation(report: dict[str, Any]) -> str:
   lines = [f"{report['num_shards']} shard(s), {report['num_samples']} sample(s), data_size "
            f"{report['data_size']} (max key + 1), {report['num_holes']} hole(s)"
            + (f", first missing key ranges {report['hole_ranges']}" if report["num_holes"] else "")]
-  for kind in ("missing_key", "duplicate_keys", "out_of_range", "unusable", "bad_images",
-               "empty_captions"):
+  for kind in ISSUE_KINDS:
     entry = report.get(kind, {"count": 0})
     if entry["count"]:
       lines.append(f"{kind}: {entry['count']}")
       lines.extend(f"  {example}" for example in entry["examples"])
   if "verify_error" in report:
     lines.append(f"image check not run: {report['verify_error']}")
-  lines.append("OK: the shards satisfy the index contract." if report["ok"] else
-               "NOT OK: fix the keys with `glofnd-jax rekey-shards` (add --all to renumber).")
+  if report["ok"]:
+    lines.append("OK: the shards satisfy the index contract.")
+  elif report.get("damaged_shards", {"count": 0})["count"]:
+    lines.append("NOT OK: damaged shard(s): copy them again from their source (rekey-shards "
+                 "refuses them; training fails on them unless data.on_damaged_shard='skip').")
+  else:
+    lines.append("NOT OK: fix the keys with `glofnd-jax rekey-shards` (add --all to renumber).")
   return "\n".join(lines)
 
 def rekey_shards(shards: str | Sequence[str], out_dir: str | os.PathLike, *,
@@ -153,8 +165,9 @@ def rekey_shards(shards: str | Sequence[str], out_dir: str | os.PathLike, *,
     ``{"num_samples", "num_rekeyed", "first_new_key", "data_size", "shards": [out paths]}``.
 
   Raises:
-    ValueError: when ``out_dir`` holds an input shard (no in-place rewrite), or when keeping the
-      existing keys would leave duplicates (use ``renumber_all``).
+    ValueError: when ``out_dir`` holds an input shard (no in-place rewrite), when an input shard
+      is damaged (every one is named: the samples past the damage would be lost), or when
+      keeping the existing keys would leave duplicates (use ``renumber_all``).
   """
   paths = expand_shards(shards)
   out_dir = pathlib.Path(out_dir)
@@ -166,9 +179,15 @@ def rekey_shards(shards: str | Sequence[str], out_dir: str | os.PathLike, *,
     if os.path.abspath(out) in inputs:
       raise ValueError(f"{out} is an input shard: choose an out_dir other than the shards' own "
                        "directory (the inputs are never overwritten).")
+  indexes = index_shards(paths, key_field=key_field, caption_field="", label_field="")
+  damaged = [index.damage for index in indexes if index.damage]
+  if damaged:
+    raise ValueError(f"{len(damaged)} input shard(s) are damaged, and re-keying would drop the "
+                     f"samples past the damage: {'; '.join(damaged)}. Copy them again from their "
+                     "source first.")
   existing = []
   if not renumber_all:
-    for index in index_shards(paths, key_field=key_field, caption_field="", label_field=""):
+    for index in indexes:
       existing.extend(int(k) for k in index.keys if 0 <= k <= MAX_KEY)
     if len(existing) != len(set(existing)):
       raise ValueError("the shards already contain duplicate keys; renumber every sample with "
@@ -197,6 +216,10 @@ def rekey_shards(shards: str | Sequence[str], out_dir: str | os.PathLike, *,
         members["json"] = json.dumps(obj, sort_keys=True).encode()
         writer.write(name, members)
         total += 1
+  expected = sum(len(index) for index in indexes)
+  if total != expected:  # never drop a sample silently
+    raise ValueError(f"re-keying wrote {total} samples but the inputs' index has {expected}; the "
+                     f"inputs changed while being read: run it again.")
   return {"num_samples": total, "num_rekeyed": rekeyed, "first_new_key": first_new,
           "data_size": (max(keys) + 1) if keys else 0, "shards": [str(p) for p in out_paths]}
 
@@ -205,14 +228,16 @@ def rekey_shards(shards: str | Sequence[str], out_dir: str | os.PathLike, *,
 
 
 def validate_main(argv: Sequence[str] | None = None) -> int:
-  """``glofnd-jax validate-shards PATTERN``: exit status 1 when the index contract is broken."""
+  """``glofnd-jax validate-shards PATTERN``: exit status 1 when a shard is damaged or the index
+  contract is broken."""
   import argparse  # pylint: disable=g-import-not-at-top
 
   parser = argparse.ArgumentParser(
       prog="glofnd-jax validate-shards",
-      description="Check webdataset shards against the index contract (unique integer keys, in "
-                  "range) and report holes, unusable samples and (--verify_images) bad images "
-                  "and empty captions, each with its shard and key.")
+      description="Check webdataset shards for damage (cut short, unreadable, not matching their "
+                  "manifest) and against the index contract (unique integer keys, in range), "
+                  "and report holes, unusable samples and (--verify_images) bad images and "
+                  "empty captions, each with its shard and key.")
   parser.add_argument("shards", help="shard pattern: 'data/{00000..00009}.tar', 'data/*.tar'")
   parser.add_argument("--key_field", default="key")
   parser.add_argument("--caption_field", default="caption")

@@ -33,9 +33,11 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from glofnd_jax.data.pairs import integrity
+
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 MISSING = np.iinfo(np.int64).min  # a sample whose json has no key (or no json)
-_INDEX_VERSION = 2
+_INDEX_VERSION = 3  # 3: damage
 _BRACES = re.compile(r"\{(\d+)\.\.(\d+)\}")
 
 
@@ -114,6 +116,9 @@ class ShardIndex:
     text_is_json: ``(S,)`` bool, the caption is the json's ``caption_field``.
     problems: ``(sample name, reason)`` for samples that cannot be used as they are (no image,
       no caption member, unreadable json, a key that is not an integer, ...).
+    damage: ``""`` for an intact shard; else one line naming the shard, the byte offset, what
+      is wrong and the last good sample and key (:mod:`~glofnd_jax.data.pairs.integrity`). The
+      arrays then hold only the intact samples before the damage.
   """
 
   shard: str
@@ -126,6 +131,7 @@ class ShardIndex:
   text_size: np.ndarray
   text_is_json: np.ndarray
   problems: list[tuple[str, str]]
+  damage: str = ""
 
   def __len__(self) -> int:
     return len(self.names)
@@ -153,21 +159,34 @@ def open_tar(path: str) -> tarfile.TarFile:
 
 def index_shard(path: str, *, key_field: str = "key", caption_field: str = "caption",
                 label_field: str = "label") -> ShardIndex:
-  """Reads one shard's member table and every sample's json (not the images)."""
+  """Reads one shard's member table and every sample's json (not the images), and checks that
+  the shard is complete (:mod:`~glofnd_jax.data.pairs.integrity`)."""
   samples: dict[str, dict[str, Any]] = {}
+  file_size, damage, cut_sample = os.path.getsize(path), None, None
   with open_tar(path) as tar:
-    for member in tar:
-      if not member.isfile():
-        continue
-      name, ext = split_name(member.name)
-      sample = samples.setdefault(name, {})
-      if ext in IMAGE_EXTENSIONS:
-        sample.setdefault("image", (member.offset_data, member.size))
-      elif ext == "txt":
-        sample["txt"] = (member.offset_data, member.size)
-      elif ext == "json":
-        sample["json"] = (member.offset_data, member.size)
-        sample["json_bytes"] = tar.extractfile(member).read()
+    try:
+      for member in _members_until_damage(tar, file_size):
+        if isinstance(member, tuple):
+          damage, cut_sample = member[:2], member[2]
+          break
+        if not member.isfile():
+          continue
+        name, ext = split_name(member.name)
+        sample = samples.setdefault(name, {})
+        if ext in IMAGE_EXTENSIONS:
+          sample.setdefault("image", (member.offset_data, member.size))
+        elif ext == "txt":
+          sample["txt"] = (member.offset_data, member.size)
+        elif ext == "json":
+          sample["json"] = (member.offset_data, member.size)
+          sample["json_bytes"] = tar.extractfile(member).read()
+    except tarfile.ReadError as error:
+      damage = (tar.offset, f"the member header at byte {tar.offset} is unreadable ({error})")
+    if damage is None:
+      damage = integrity.end_of_archive_damage(path, tar.offset, file_size)
+  if damage is not None and samples:
+    # The sample at the damage is incomplete (its member is cut) or may be (cut after it).
+    samples.pop(cut_sample if cut_sample is not None else next(reversed(samples)), None)
   count = len(samples)
   out = dict(keys=np.full(count, MISSING, np.int64), labels=np.full(count, -1, np.int64),
              image_offset=np.full(count, -1, np.int64), image_size=np.full(count, -1, np.int64),
@@ -201,7 +220,30 @@ def index_shard(path: str, *, key_field: str = "key", caption_field: str = "capt
     else:
       problems.append((name, f"no caption (.txt member or json field {caption_field!r})"))
   names = np.array(list(samples), dtype=str) if count else np.zeros(0, "<U1")
-  return ShardIndex(shard=path, names=names, problems=problems, **out)
+  offset, reason = damage if damage is not None else (None, integrity.manifest_damage(
+      path, count, file_size))
+  described = "" if reason is None else damage_line(path, offset, reason, names, out["keys"])
+  return ShardIndex(shard=path, names=names, problems=problems, damage=described, **out)
+
+
+def damage_line(shard: str, offset: int | None, reason: str, names: np.ndarray,
+                keys: np.ndarray) -> str:
+  """:func:`~glofnd_jax.data.pairs.integrity.describe_damage` with the shard's last intact
+  sample (of ``names`` / ``keys``, in tar order) as the last good one."""
+  last_key = int(keys[-1]) if len(keys) and keys[-1] != MISSING else None
+  return integrity.describe_damage(shard, offset, reason, str(names[-1]) if len(names) else None,
+                                   last_key)
+
+
+def _members_until_damage(tar: tarfile.TarFile, file_size: int):
+  """The members of ``tar`` in order; ends with ``(offset, reason, sample name)`` at a member
+  cut short."""
+  for member in tar:
+    cut = integrity.cut_member(member, file_size)
+    if cut is not None:
+      yield (*cut, split_name(member.name)[0])
+      return
+    yield member
 
 
 def _index_cache_path(index_dir: pathlib.Path, path: str, settings: tuple) -> pathlib.Path:
@@ -217,7 +259,7 @@ def _save_index(index: ShardIndex, cache: pathlib.Path) -> None:
             if isinstance(getattr(index, f.name), np.ndarray)}
   problems = np.array([f"{n}\t{r}" for n, r in index.problems], dtype=str)
   tmp = cache.with_name(cache.name + f".tmp{os.getpid()}_{threading.get_ident()}.npz")
-  np.savez(tmp, problems=problems, **arrays)
+  np.savez(tmp, problems=problems, damage=np.array(index.damage), **arrays)
   os.replace(tmp, cache)
 
 
@@ -228,7 +270,7 @@ def _load_index(cache: pathlib.Path, path: str) -> ShardIndex | None:
   except (OSError, ValueError, KeyError):
     return None
   problems = [tuple(p.split("\t", 1)) for p in arrays.pop("problems").tolist()]
-  return ShardIndex(shard=path, problems=problems, **arrays)
+  return ShardIndex(shard=path, problems=problems, damage=str(arrays.pop("damage")), **arrays)
 
 
 def index_shards(shards: Sequence[str], *, key_field: str = "key", caption_field: str = "caption",
@@ -274,7 +316,9 @@ def _tar_info(name: str, size: int) -> tarfile.TarInfo:
 
 
 class ShardWriter:
-  """Writes samples to one tar shard, atomically (a temporary file renamed on ``close``)."""
+  """Writes samples to one tar shard, atomically (a temporary file renamed on ``close``), and
+  its manifest (:func:`~glofnd_jax.data.pairs.integrity.write_manifest`: the sample count and
+  size that every later index checks)."""
 
   def __init__(self, path: str | os.PathLike):
     self.path = pathlib.Path(path)
@@ -292,6 +336,7 @@ class ShardWriter:
   def close(self) -> None:
     self._tar.close()
     os.replace(self._tmp, self.path)
+    integrity.write_manifest(self.path, self.count)
 
   def __enter__(self):
     return self

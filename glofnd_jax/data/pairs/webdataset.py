@@ -8,7 +8,10 @@ process reads only its own rows of every global batch) and checkpoints its posit
 any other source. Keys follow the index contract of :mod:`glofnd_jax.data.pairs.contract`:
 samples lacking one are refused with a pointer to ``glofnd-jax rekey-shards``
 (:mod:`glofnd_jax.data.pairs.shard_tools`). Compressed shards (``.tar.gz``) cannot be read by
-offset and are rejected with a clear error.
+offset and are rejected with a clear error. A damaged shard (cut short, unreadable, or not
+matching its manifest: :mod:`glofnd_jax.data.pairs.integrity`) is an error naming it, the byte
+offset and the last good key, unless ``on_damaged_shard='skip'``, which keeps its intact samples
+and lists it in ``damaged``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from glofnd_jax.data.pairs.contract import check_keys
-from glofnd_jax.data.pairs.shards import MISSING, expand_shards, index_shards
+from glofnd_jax.data.pairs.integrity import DAMAGED_SHARD_POLICIES, check_counts_record
+from glofnd_jax.data.pairs.shards import MISSING, damage_line, expand_shards, index_shards
 
 
 class WebDatasetPairSource:
@@ -39,15 +43,32 @@ class WebDatasetPairSource:
     has_labels: every sample has a label >= 0.
     problems: ``[(shard, sample name, reason)]`` of samples left out because their structure is
       unusable (counted as bad samples; see :mod:`glofnd_jax.data.pairs.screening` for the policy).
+    damaged: one line per damaged shard whose intact samples are used (``on_damaged_shard=
+      'skip'``): the shard, the byte offset, the reason, the last good sample and key.
   """
 
   def __init__(self, shards: str | Sequence[str], *, key_field: str = "key",
                caption_field: str = "caption", label_field: str = "label",
-               index_dir: str | os.PathLike | None = None, workers: int = 4):
+               index_dir: str | os.PathLike | None = None, workers: int = 4,
+               on_damaged_shard: str = "fail"):
+    if on_damaged_shard not in DAMAGED_SHARD_POLICIES:
+      raise ValueError(f"data.on_damaged_shard={on_damaged_shard!r} is invalid: use "
+                       f"{' or '.join(map(repr, DAMAGED_SHARD_POLICIES))}.")
     self.shards = expand_shards(shards)
     self.key_field, self.caption_field = key_field, caption_field
     indexes = index_shards(self.shards, key_field=key_field, caption_field=caption_field,
                            label_field=label_field, index_dir=index_dir, workers=workers)
+    lost = {} if index_dir is None else check_counts_record(
+        index_dir, self.shards, [len(index) for index in indexes])
+    self.damaged = [index.damage or damage_line(index.shard, None, lost[index.shard],
+                                                index.names, index.keys)
+                    for index in indexes if index.damage or index.shard in lost]
+    if self.damaged and on_damaged_shard == "fail":
+      raise ValueError(
+          f"{len(self.damaged)} of {len(self.shards)} shard(s) are damaged, e.g. "
+          f"{self.damaged[0]}. Copy the shard(s) again from their source (`glofnd-jax "
+          "validate-shards` lists them all), or set data.on_damaged_shard='skip' to use only "
+          "their intact samples.")
     self.problems = []
     parts = []
     for shard_id, index in enumerate(indexes):
