@@ -98,6 +98,17 @@ def warmup_cosine(base_lr: float, warmup_steps: int, total_steps: int) -> optax.
   return schedule
 
 
+def _on_logit_scale(name: str, fn) -> optax.GradientTransformation:
+  """``optax.stateless(fn)`` for an ``fn(updates, params)`` that reads the current logit scale."""
+
+  def update(updates, params):
+    if params is None:
+      raise ValueError(f"{name} needs params (the current logit scale).")
+    return fn(updates, params)
+
+  return optax.stateless(update)
+
+
 def scale_by_temperature_lr(lr_tau: float, *, thresholds: tuple[float, ...] = (0.03,),
                             ratios: tuple[float, ...] = (1.0 / 3.0,)
                             ) -> optax.GradientTransformation:
@@ -110,41 +121,23 @@ def scale_by_temperature_lr(lr_tau: float, *, thresholds: tuple[float, ...] = (0
   if len(thresholds) != len(ratios):
     raise ValueError("thresholds and ratios must have the same length.")
 
-  def init(params):
-    del params
-    return optax.EmptyState()
+  def scale(update, log_scale):
+    tau = jnp.exp(-log_scale.astype(jnp.float32))
+    lr, below_all = jnp.float32(lr_tau), jnp.bool_(True)
+    for thresh, ratio in zip(thresholds, ratios):
+      below_all = below_all & (tau <= thresh)
+      lr = jnp.where(below_all, lr_tau * ratio, lr)
+    return (-lr * update).astype(update.dtype)
 
-  def update(updates, state, params=None):
-    if params is None:
-      raise ValueError("scale_by_temperature_lr needs params (the current logit scale).")
-
-    def scale(update, log_scale):
-      tau = jnp.exp(-log_scale.astype(jnp.float32))
-      lr, below_all = jnp.float32(lr_tau), jnp.bool_(True)
-      for thresh, ratio in zip(thresholds, ratios):
-        below_all = below_all & (tau <= thresh)
-        lr = jnp.where(below_all, lr_tau * ratio, lr)
-      return (-lr * update).astype(update.dtype)
-
-    return jax.tree.map(scale, updates, params), state
-
-  return optax.GradientTransformation(init, update)
+  return _on_logit_scale("scale_by_temperature_lr",
+                         lambda updates, params: jax.tree.map(scale, updates, params))
 
 
 def clamp_logit_scale(max_scale: float = 100.0) -> optax.GradientTransformation:
   """Projects ``params + updates`` onto ``[0, log(max_scale)]`` (CLIP clamps after each step)."""
   upper = math.log(max_scale)
-
-  def init(params):
-    del params
-    return optax.EmptyState()
-
-  def update(updates, state, params=None):
-    if params is None:
-      raise ValueError("clamp_logit_scale needs params.")
-    return jax.tree.map(lambda u, p: jnp.clip(p + u, 0.0, upper) - p, updates, params), state
-
-  return optax.GradientTransformation(init, update)
+  return _on_logit_scale("clamp_logit_scale", lambda updates, params: jax.tree.map(
+      lambda u, p: jnp.clip(p + u, 0.0, upper) - p, updates, params))
 
 
 def param_labels(params) -> dict:
