@@ -31,13 +31,18 @@ OPTIMIZERS = ("lars", "adamw", "sgd")
 LR_SCALINGS = ("none", "linear", "sqrt")
 
 
+def _check(field: str, value, choices: tuple[str, ...] | None = None) -> None:
+  """One clear error for ``optim.<field>``: an unknown choice, or a rate that is not > 0."""
+  if choices is not None and value not in choices:
+    raise ValueError(f"optim.{field}={value!r} is unknown; choose one of {', '.join(choices)}.")
+  if choices is None and not value > 0:
+    raise ValueError(f"optim.{field}={value!r} must be positive.")
+
+
 def scaled_lr(base_lr: float, global_batch: int, scaling: str) -> float:
   """Peak learning rate from the base rate and the global batch size."""
-  if scaling not in LR_SCALINGS:
-    raise ValueError(f"optim.lr_scaling={scaling!r} is unknown; choose one of "
-                     f"{', '.join(LR_SCALINGS)}.")
-  if not base_lr > 0:
-    raise ValueError(f"optim.lr={base_lr!r} must be positive.")
+  _check("lr_scaling", scaling, LR_SCALINGS)
+  _check("lr", base_lr)
   if scaling == "linear":
     return base_lr * global_batch / 256.0
   if scaling == "sqrt":
@@ -61,6 +66,7 @@ def make_optimizer(name: str, schedule: optax.Schedule, *, weight_decay: float =
                    momentum: float = 0.9, b1: float = 0.9, b2: float = 0.999,
                    trust_coefficient: float = 1e-3) -> optax.GradientTransformation:
   """The network optimiser ``name`` (``lars``, ``adamw``, ``sgd``) with masked weight decay."""
+  _check("name", name, OPTIMIZERS)
   if weight_decay < 0:
     raise ValueError(f"optim.weight_decay={weight_decay!r} must be >= 0.")
   if name == "lars":
@@ -72,7 +78,7 @@ def make_optimizer(name: str, schedule: optax.Schedule, *, weight_decay: float =
   if name == "sgd":
     return optax.chain(optax.add_decayed_weights(weight_decay, mask=decay_mask),
                        optax.sgd(schedule, momentum=momentum))
-  raise ValueError(f"optim.name={name!r} is unknown; choose one of {', '.join(OPTIMIZERS)}.")
+  raise AssertionError(name)  # _check above knows every name
 
 
 # ----------------------------------------------------------------------------- CLIP
@@ -173,11 +179,8 @@ def make_clip_optimizer(schedule: optax.Schedule, *, weight_decay: float, b1: fl
   if not learn_temperature:
     temperature = optax.set_to_zero()
   else:
-    if temperature_schedule not in TEMPERATURE_SCHEDULES:
-      raise ValueError(f"optim.temperature_schedule={temperature_schedule!r} is unknown; choose "
-                       f"one of {', '.join(TEMPERATURE_SCHEDULES)}.")
-    if not lr_tau > 0:
-      raise ValueError(f"optim.lr_tau={lr_tau!r} must be positive.")
+    _check("temperature_schedule", temperature_schedule, TEMPERATURE_SCHEDULES)
+    _check("lr_tau", lr_tau)
     if temperature_schedule == "step_thresh":
       rate = scale_by_temperature_lr(lr_tau)
     elif temperature_schedule == "const":
