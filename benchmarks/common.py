@@ -1,4 +1,5 @@
-"""Helpers every benchmark script shares: machine description, spread statistics, JSON, tables.
+"""Helpers every benchmark script shares: fake CPU devices, machine description, spread statistics,
+JSON, tables.
 
 Benchmarks are run as scripts (``python benchmarks/NAME.py``), so this module is imported as
 ``common`` from the ``benchmarks/`` folder that Python puts first on ``sys.path``.
@@ -15,6 +16,17 @@ import statistics
 from typing import Iterable, Sequence
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+
+
+def fake_cpu_devices(count: int) -> None:
+  """Makes the CPU backend show ``count`` devices (replacing any count set in ``XLA_FLAGS``).
+
+  Call it before jax is imported: the flag is read when the backend starts.
+  """
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+           if not f.startswith(DEVICE_COUNT_FLAG)]
+  os.environ["XLA_FLAGS"] = " ".join(flags + [f"{DEVICE_COUNT_FLAG}={count}"])
 
 
 def machine() -> dict:

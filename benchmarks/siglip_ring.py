@@ -14,19 +14,14 @@ markdown tables of BENCHMARKS.md.
 
 from __future__ import annotations
 
-import os
+import common  # imports no jax
 
-# The fake device count must be fixed before jax is imported.
-os.environ["XLA_FLAGS"] = " ".join(
-    [f for f in os.environ.get("XLA_FLAGS", "").split()
-     if not f.startswith("--xla_force_host_platform_device_count")]
-    + ["--xla_force_host_platform_device_count=8"])
+common.fake_cpu_devices(8)  # before jax is imported
 
 import argparse  # noqa: E402
 import pathlib  # noqa: E402
 import time  # noqa: E402
 
-import common  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402

@@ -17,16 +17,13 @@ the machine spreads evenly. Writes ``benchmarks/results/state_scaling.json``.
 
 from __future__ import annotations
 
-import os
+import common  # imports no jax
 
-# The fake device count must be fixed before jax is imported.
-os.environ["XLA_FLAGS"] = " ".join(
-    [f for f in os.environ.get("XLA_FLAGS", "").split()
-     if not f.startswith("--xla_force_host_platform_device_count")]
-    + ["--xla_force_host_platform_device_count=8"])
+common.fake_cpu_devices(8)  # before jax is imported
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import pathlib  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402

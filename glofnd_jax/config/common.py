@@ -1,4 +1,5 @@
-"""What every task's config shares: the ``glofnd`` section, field checks, the known-key check.
+"""What every task's config shares: run settings, the ``glofnd`` section, field checks, the
+known-key check.
 
 Each task's schema (:mod:`glofnd_jax.config.unimodal`, :mod:`glofnd_jax.config.image_text`)
 builds on these; validation messages name the config field and the fix.
@@ -14,6 +15,33 @@ import ml_collections
 
 from glofnd_jax import detection, thresholds, treatments
 from glofnd_jax.training import nonfinite as nonfinite_lib
+
+
+def _override(section: ml_collections.ConfigDict, overrides: dict, what: str) -> None:
+  for key, value in overrides.items():
+    if key not in section:
+      raise KeyError(f"{what}: unknown field {key}")
+    section[key] = value
+
+
+def run_section(task: str, **overrides) -> ml_collections.ConfigDict:
+  """A config's top-level run settings (shared by every task), with the task's defaults."""
+  c = ml_collections.ConfigDict()
+  c.task = task                # unimodal (SogCLR/SimCLR on images) | clip (image-text)
+  c.seed = 0
+  # Resume a checkpoint written with another seed (refused by default). From the resumed step
+  # the data order and the evaluation's random splits follow the new seed; the parameters and the
+  # PRNG key of augmentations come from the checkpoint: the run matches neither seed's run.
+  c.allow_seed_change = False
+  c.batch_size = 128           # global batch, over all devices and processes
+  c.epochs = 100
+  c.log_every_steps = 20
+  c.checkpoint_every_steps = 500
+  c.keep_checkpoints = 3
+  c.nonfinite = "stop"         # stop (keep the last good checkpoint) | skip (skip the batch) | off
+  c.lambda_snapshot_every_epochs = 10  # (image-anchor) lambda histogram, PNG + TensorBoard
+  _override(c, overrides, "run_section")
+  return c
 
 
 def glofnd_section(**overrides) -> ml_collections.ConfigDict:
@@ -36,10 +64,7 @@ def glofnd_section(**overrides) -> ml_collections.ConfigDict:
   g.quantile_metric = False    # log batch_quantile_mean in every mode (a top_k per step)
   g.treatment = "remove"       # remove | attract (flagged -> positives) | reweight (soft weights)
   g.tau_w = 0.05               # reweight: w_ij = sigmoid((lambda_i - s_ij) / tau_w)
-  for key, value in overrides.items():
-    if key not in g:
-      raise KeyError(f"glofnd_section: unknown field glofnd.{key}")
-    g[key] = value
+  _override(g, overrides, "glofnd_section (glofnd.*)")
   return g
 
 

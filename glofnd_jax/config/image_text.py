@@ -19,20 +19,9 @@ from glofnd_jax.training import optim
 
 
 def clip_base_config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.task = "clip"              # image-text: FastCLIP v1/v3 + GloFND (training/image_text.py)
-  c.seed = 0
-  # Resume a checkpoint written with another seed (refused by default). From the resumed step
-  # the data order and the evaluation's random splits follow the new seed; the parameters and the
-  # PRNG key of augmentations come from the checkpoint: the run matches neither seed's run.
-  c.allow_seed_change = False
-  c.batch_size = 1024          # global batch, over all devices and processes
-  c.epochs = 37
-  c.log_every_steps = 100
-  c.checkpoint_every_steps = 2000
-  c.keep_checkpoints = 3
-  c.lambda_snapshot_every_epochs = 1  # image-anchor lambda histogram (PNG + TensorBoard)
-  c.nonfinite = "stop"         # stop (keep the last good checkpoint) | skip (skip the batch) | off
+  # image-text: FastCLIP v1/v3 + GloFND (training/image_text.py)
+  c = config_common.run_section("clip", batch_size=1024, epochs=37, log_every_steps=100,
+                                checkpoint_every_steps=2000, lambda_snapshot_every_epochs=1)
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "webdataset"   # digits_captions | webdataset | arrayrecord_captions | tfds:<name>

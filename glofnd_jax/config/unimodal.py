@@ -11,24 +11,11 @@ import ml_collections
 
 from glofnd_jax import augment as augment_lib
 from glofnd_jax import objectives
-from glofnd_jax.config.common import glofnd_section, threshold_config, validate
+from glofnd_jax.config.common import glofnd_section, run_section, threshold_config, validate
 
 
 def base_config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.task = "unimodal"           # unimodal (SogCLR/SimCLR on images)
-  c.seed = 0
-  # Resume a checkpoint written with another seed (refused by default). From the resumed step
-  # the data order and the evaluation's random splits follow the new seed; the parameters and the
-  # PRNG key of augmentations come from the checkpoint: the run matches neither seed's run.
-  c.allow_seed_change = False
-  c.batch_size = 128           # global batch, over all devices and processes
-  c.epochs = 100
-  c.log_every_steps = 20
-  c.checkpoint_every_steps = 500
-  c.keep_checkpoints = 3
-  c.nonfinite = "stop"         # stop (keep the last good checkpoint) | skip (skip the batch) | off
-  c.lambda_snapshot_every_epochs = 10
+  c = run_section("unimodal")
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "digits"       # digits | glyphs | synthetic | arrayrecord | imagenet100 | tfds:*

@@ -135,6 +135,37 @@ class Transformer(nn.Module):
     return x
 
 
+class Tower(nn.Module):
+  """Every tower's ``embed_dim`` (output width; the image and text towers of one CLIP agree),
+  compute ``dtype``, and final linear projection."""
+
+  embed_dim: int = 512
+  dtype: Any = jnp.float32
+
+  def project(self, x, name: str, std: float):
+    """``x @ P`` for a ``(features, embed_dim)`` parameter ``P`` (normal ``std``), float32."""
+    proj = self.param(name, normal(std), (x.shape[-1], self.embed_dim))
+    return jnp.dot(x, proj).astype(jnp.float32)
+
+
+class TransformerTower(Tower):
+  """A tower around a :class:`Transformer` (the ViT image tower and the text tower).
+
+  Attributes:
+    width, num_layers, num_heads: the transformer's (CLIP text tower: 512, 12, 8).
+    activation: ``'gelu'`` or ``'quick_gelu'``.
+  """
+
+  width: int = 512
+  num_layers: int = 12
+  num_heads: int = 8
+  activation: str = "gelu"
+
+  def transform(self, x, mask=None):
+    return Transformer(self.num_layers, self.num_heads, self.activation, self.dtype,
+                       name="transformer")(x, mask)
+
+
 # ----------------------------------------------------------------------------- image towers
 
 
@@ -188,23 +219,20 @@ class AttentionPool2d(nn.Module):
     return pooled[:, 0].astype(jnp.float32)
 
 
-class ModifiedResNet(nn.Module):
+class ModifiedResNet(Tower):
   """CLIP's ResNet image tower.
 
   Attributes:
     layers: bottlenecks per stage (RN50: ``(3, 4, 6, 3)``).
     width: stem / first-stage width (64); the output of the last stage has ``32 * width``
       channels.
-    embed_dim: output dimension (RN50: 1024).
     num_heads: attention-pool heads (0: ``32 * width // 64``, as CLIP).
-    dtype: compute dtype.
+    embed_dim, dtype: as :class:`Tower` (RN50: embed 1024).
   """
 
   layers: Sequence[int] = (3, 4, 6, 3)
   width: int = 64
-  embed_dim: int = 1024
   num_heads: int = 0
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = True):
@@ -223,23 +251,15 @@ class ModifiedResNet(nn.Module):
     return AttentionPool2d(heads, self.embed_dim, self.dtype, name="attnpool")(x)
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(TransformerTower):
   """ViT image tower (CLIP's: class token, ``ln_pre``, ``ln_post`` on the class token, ``proj``).
 
   Attributes:
-    patch_size, width, num_layers, num_heads: ViT-B/32: 32, 768, 12, 12.
-    embed_dim: output dimension (ViT-B/32: 512).
-    activation: ``'gelu'`` or ``'quick_gelu'``.
-    dtype: compute dtype.
+    patch_size: ViT-B/32: 32 (and width 768, 12 layers, 12 heads, embed 512).
+    The rest: as :class:`TransformerTower`.
   """
 
   patch_size: int = 32
-  width: int = 768
-  num_layers: int = 12
-  num_heads: int = 12
-  embed_dim: int = 512
-  activation: str = "gelu"
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = True):
@@ -256,52 +276,37 @@ class VisionTransformer(nn.Module):
     x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (batch, 1, self.width)), x], 1)
     positions = self.param("positional_embedding", normal(scale), (x.shape[1], self.width))
     x = _layer_norm("ln_pre")(x + positions[None]).astype(self.dtype)
-    x = Transformer(self.num_layers, self.num_heads, self.activation, self.dtype,
-                    name="transformer")(x)
-    x = _layer_norm("ln_post")(x[:, 0])
-    proj = self.param("proj", normal(scale), (self.width, self.embed_dim))
-    return jnp.dot(x, proj).astype(jnp.float32)
+    x = _layer_norm("ln_post")(self.transform(x)[:, 0])
+    return self.project(x, "proj", scale)
 
 
-class ConvTower(nn.Module):
+class ConvTower(Tower):
   """:class:`~glofnd_jax.models.small_cnn.SmallCNN` features and a linear projection."""
 
   widths: Sequence[int] = (32, 64, 128)
   feature_dim: int = 256
-  embed_dim: int = 64
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = True):
     h = SmallCNN(widths=tuple(self.widths), feature_dim=self.feature_dim, dtype=self.dtype,
                  name="backbone")(x, train=train)
-    proj = self.param("proj", normal(self.feature_dim ** -0.5), (self.feature_dim, self.embed_dim))
-    return jnp.dot(h, proj).astype(jnp.float32)
+    return self.project(h, "proj", self.feature_dim ** -0.5)
 
 
 # ----------------------------------------------------------------------------- text tower
 
 
-class TextTransformer(nn.Module):
+class TextTransformer(TransformerTower):
   """CLIP's text encoder.
 
   Attributes:
     vocab_size: token ids (the tokenizer's ``vocab_size``).
     context_length: L (77).
-    width, num_layers, num_heads: RN50 and ViT-B/32: 512, 12, 8.
-    embed_dim: output dimension.
-    activation: ``'gelu'`` or ``'quick_gelu'``.
-    dtype: compute dtype.
+    The rest: as :class:`TransformerTower` (RN50 and ViT-B/32: width 512, 12 layers, 8 heads).
   """
 
   vocab_size: int = 49408
   context_length: int = 77
-  width: int = 512
-  num_layers: int = 12
-  num_heads: int = 8
-  embed_dim: int = 1024
-  activation: str = "gelu"
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, text):
@@ -315,14 +320,10 @@ class TextTransformer(nn.Module):
                            (self.context_length, self.width))
     x = (x + positions[None]).astype(self.dtype)
     causal = jnp.tril(jnp.ones((self.context_length, self.context_length), bool))
-    x = Transformer(self.num_layers, self.num_heads, self.activation, self.dtype,
-                    name="transformer")(x, causal)
-    x = _layer_norm("ln_final")(x)
+    x = _layer_norm("ln_final")(self.transform(x, causal))
     end = jnp.argmax(text, axis=-1)
     x = jnp.take_along_axis(x, end[:, None, None], axis=1)[:, 0]
-    proj = self.param("text_projection", normal(self.width ** -0.5),
-                      (self.width, self.embed_dim))
-    return jnp.dot(x, proj).astype(jnp.float32)
+    return self.project(x, "text_projection", self.width ** -0.5)
 
 
 # ----------------------------------------------------------------------------- dual encoder
@@ -380,16 +381,19 @@ def build_clip(*, image_tower: str, embed_dim: int, vocab_size: int, context_len
   """
   dtype = jnp.dtype(dtype) if isinstance(dtype, str) else dtype
   if image_tower == "modified_resnet":
-    image = ModifiedResNet(tuple(resnet_layers), vision_width, embed_dim, vision_heads, dtype)
+    image = ModifiedResNet(layers=tuple(resnet_layers), width=vision_width, num_heads=vision_heads,
+                           embed_dim=embed_dim, dtype=dtype)
   elif image_tower == "vit":
-    image = VisionTransformer(patch_size, vision_width, vit_layers,
-                              vision_heads or max(1, vision_width // 64), embed_dim, activation,
-                              dtype)
+    image = VisionTransformer(patch_size=patch_size, width=vision_width, num_layers=vit_layers,
+                              num_heads=vision_heads or max(1, vision_width // 64),
+                              activation=activation, embed_dim=embed_dim, dtype=dtype)
   elif image_tower == "small_cnn":
-    image = ConvTower(tuple(cnn_widths), cnn_feature_dim, embed_dim, dtype)
+    image = ConvTower(widths=tuple(cnn_widths), feature_dim=cnn_feature_dim, embed_dim=embed_dim,
+                      dtype=dtype)
   else:
     raise ValueError(f"model.image_tower={image_tower!r} is unknown; choose one of "
                      f"{', '.join(IMAGE_TOWERS)}.")
-  text = TextTransformer(vocab_size, context_length, text_width, text_layers, text_heads,
-                         embed_dim, activation, dtype)
+  text = TextTransformer(vocab_size=vocab_size, context_length=context_length, width=text_width,
+                         num_layers=text_layers, num_heads=text_heads, activation=activation,
+                         embed_dim=embed_dim, dtype=dtype)
   return CLIP(image_tower=image, text_tower=text, temperature=temperature, bias_init=bias_init)

@@ -27,13 +27,28 @@ STEMS = ("imagenet", "cifar")
 _he_conv = functools.partial(layers.conv, kernel_init=layers.he_fan_out)
 
 
-class BasicBlock(nn.Module):
-  """Two 3x3 convolutions and a residual (ResNet-18/34)."""
+class _Block(nn.Module):
+  """What both residual blocks share: their settings and how a block ends."""
 
   features: int
   strides: int = 1
   zero_init_last_bn: bool = False
   dtype: Any = jnp.float32
+
+  def close(self, x, y, last_bn: str, train: bool):
+    """The last BatchNorm (scale zero-initialised when asked), then ``relu(y + shortcut(x))``
+    with a 1x1 projection shortcut when the shapes differ."""
+    last_init = nn.initializers.zeros if self.zero_init_last_bn else nn.initializers.ones
+    y = layers.batch_norm(train, self.dtype, scale_init=last_init, name=last_bn)(y)
+    if x.shape != y.shape:
+      x = _he_conv(y.shape[-1], 1, self.strides, self.dtype, "downsample_conv")(x)
+      x = layers.batch_norm(train, self.dtype, name="downsample_bn")(x)
+    return nn.relu(y + x)
+
+
+class BasicBlock(_Block):
+  """Two 3x3 convolutions and a residual (ResNet-18/34)."""
+
   expansion = 1
 
   @nn.compact
@@ -41,21 +56,12 @@ class BasicBlock(nn.Module):
     y = _he_conv(self.features, 3, self.strides, self.dtype, "conv1")(x)
     y = nn.relu(layers.batch_norm(train, self.dtype, name="bn1")(y))
     y = _he_conv(self.features, 3, 1, self.dtype, "conv2")(y)
-    last_init = nn.initializers.zeros if self.zero_init_last_bn else nn.initializers.ones
-    y = layers.batch_norm(train, self.dtype, scale_init=last_init, name="bn2")(y)
-    if x.shape != y.shape:
-      x = _he_conv(self.features, 1, self.strides, self.dtype, "downsample_conv")(x)
-      x = layers.batch_norm(train, self.dtype, name="downsample_bn")(x)
-    return nn.relu(y + x)
+    return self.close(x, y, "bn2", train)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_Block):
   """1x1 reduce, 3x3 (strided), 1x1 expand by 4, and a residual (ResNet-50/101/152)."""
 
-  features: int
-  strides: int = 1
-  zero_init_last_bn: bool = False
-  dtype: Any = jnp.float32
   expansion = 4
 
   @nn.compact
@@ -65,12 +71,7 @@ class Bottleneck(nn.Module):
     y = _he_conv(self.features, 3, self.strides, self.dtype, "conv2")(y)
     y = nn.relu(layers.batch_norm(train, self.dtype, name="bn2")(y))
     y = _he_conv(self.features * 4, 1, 1, self.dtype, "conv3")(y)
-    last_init = nn.initializers.zeros if self.zero_init_last_bn else nn.initializers.ones
-    y = layers.batch_norm(train, self.dtype, scale_init=last_init, name="bn3")(y)
-    if x.shape != y.shape:
-      x = _he_conv(self.features * 4, 1, self.strides, self.dtype, "downsample_conv")(x)
-      x = layers.batch_norm(train, self.dtype, name="downsample_bn")(x)
-    return nn.relu(y + x)
+    return self.close(x, y, "bn3", train)
 
 
 class ResNet(nn.Module):

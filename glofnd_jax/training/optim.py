@@ -31,13 +31,18 @@ OPTIMIZERS = ("lars", "adamw", "sgd")
 LR_SCALINGS = ("none", "linear", "sqrt")
 
 
+def _check(field: str, value, choices: tuple[str, ...] | None = None) -> None:
+  """One clear error for ``optim.<field>``: an unknown choice, or a rate that is not > 0."""
+  if choices is not None and value not in choices:
+    raise ValueError(f"optim.{field}={value!r} is unknown; choose one of {', '.join(choices)}.")
+  if choices is None and not value > 0:
+    raise ValueError(f"optim.{field}={value!r} must be positive.")
+
+
 def scaled_lr(base_lr: float, global_batch: int, scaling: str) -> float:
   """Peak learning rate from the base rate and the global batch size."""
-  if scaling not in LR_SCALINGS:
-    raise ValueError(f"optim.lr_scaling={scaling!r} is unknown; choose one of "
-                     f"{', '.join(LR_SCALINGS)}.")
-  if not base_lr > 0:
-    raise ValueError(f"optim.lr={base_lr!r} must be positive.")
+  _check("lr_scaling", scaling, LR_SCALINGS)
+  _check("lr", base_lr)
   if scaling == "linear":
     return base_lr * global_batch / 256.0
   if scaling == "sqrt":
@@ -61,6 +66,7 @@ def make_optimizer(name: str, schedule: optax.Schedule, *, weight_decay: float =
                    momentum: float = 0.9, b1: float = 0.9, b2: float = 0.999,
                    trust_coefficient: float = 1e-3) -> optax.GradientTransformation:
   """The network optimiser ``name`` (``lars``, ``adamw``, ``sgd``) with masked weight decay."""
+  _check("name", name, OPTIMIZERS)
   if weight_decay < 0:
     raise ValueError(f"optim.weight_decay={weight_decay!r} must be >= 0.")
   if name == "lars":
@@ -72,7 +78,7 @@ def make_optimizer(name: str, schedule: optax.Schedule, *, weight_decay: float =
   if name == "sgd":
     return optax.chain(optax.add_decayed_weights(weight_decay, mask=decay_mask),
                        optax.sgd(schedule, momentum=momentum))
-  raise ValueError(f"optim.name={name!r} is unknown; choose one of {', '.join(OPTIMIZERS)}.")
+  raise AssertionError(name)  # _check above knows every name
 
 
 # ----------------------------------------------------------------------------- CLIP
@@ -98,6 +104,17 @@ def warmup_cosine(base_lr: float, warmup_steps: int, total_steps: int) -> optax.
   return schedule
 
 
+def _on_logit_scale(name: str, fn) -> optax.GradientTransformation:
+  """``optax.stateless(fn)`` for an ``fn(updates, params)`` that reads the current logit scale."""
+
+  def update(updates, params):
+    if params is None:
+      raise ValueError(f"{name} needs params (the current logit scale).")
+    return fn(updates, params)
+
+  return optax.stateless(update)
+
+
 def scale_by_temperature_lr(lr_tau: float, *, thresholds: tuple[float, ...] = (0.03,),
                             ratios: tuple[float, ...] = (1.0 / 3.0,)
                             ) -> optax.GradientTransformation:
@@ -110,41 +127,23 @@ def scale_by_temperature_lr(lr_tau: float, *, thresholds: tuple[float, ...] = (0
   if len(thresholds) != len(ratios):
     raise ValueError("thresholds and ratios must have the same length.")
 
-  def init(params):
-    del params
-    return optax.EmptyState()
+  def scale(update, log_scale):
+    tau = jnp.exp(-log_scale.astype(jnp.float32))
+    lr, below_all = jnp.float32(lr_tau), jnp.bool_(True)
+    for thresh, ratio in zip(thresholds, ratios):
+      below_all = below_all & (tau <= thresh)
+      lr = jnp.where(below_all, lr_tau * ratio, lr)
+    return (-lr * update).astype(update.dtype)
 
-  def update(updates, state, params=None):
-    if params is None:
-      raise ValueError("scale_by_temperature_lr needs params (the current logit scale).")
-
-    def scale(update, log_scale):
-      tau = jnp.exp(-log_scale.astype(jnp.float32))
-      lr, below_all = jnp.float32(lr_tau), jnp.bool_(True)
-      for thresh, ratio in zip(thresholds, ratios):
-        below_all = below_all & (tau <= thresh)
-        lr = jnp.where(below_all, lr_tau * ratio, lr)
-      return (-lr * update).astype(update.dtype)
-
-    return jax.tree.map(scale, updates, params), state
-
-  return optax.GradientTransformation(init, update)
+  return _on_logit_scale("scale_by_temperature_lr",
+                         lambda updates, params: jax.tree.map(scale, updates, params))
 
 
 def clamp_logit_scale(max_scale: float = 100.0) -> optax.GradientTransformation:
   """Projects ``params + updates`` onto ``[0, log(max_scale)]`` (CLIP clamps after each step)."""
   upper = math.log(max_scale)
-
-  def init(params):
-    del params
-    return optax.EmptyState()
-
-  def update(updates, state, params=None):
-    if params is None:
-      raise ValueError("clamp_logit_scale needs params.")
-    return jax.tree.map(lambda u, p: jnp.clip(p + u, 0.0, upper) - p, updates, params), state
-
-  return optax.GradientTransformation(init, update)
+  return _on_logit_scale("clamp_logit_scale", lambda updates, params: jax.tree.map(
+      lambda u, p: jnp.clip(p + u, 0.0, upper) - p, updates, params))
 
 
 def param_labels(params) -> dict:
@@ -180,11 +179,8 @@ def make_clip_optimizer(schedule: optax.Schedule, *, weight_decay: float, b1: fl
   if not learn_temperature:
     temperature = optax.set_to_zero()
   else:
-    if temperature_schedule not in TEMPERATURE_SCHEDULES:
-      raise ValueError(f"optim.temperature_schedule={temperature_schedule!r} is unknown; choose "
-                       f"one of {', '.join(TEMPERATURE_SCHEDULES)}.")
-    if not lr_tau > 0:
-      raise ValueError(f"optim.lr_tau={lr_tau!r} must be positive.")
+    _check("temperature_schedule", temperature_schedule, TEMPERATURE_SCHEDULES)
+    _check("lr_tau", lr_tau)
     if temperature_schedule == "step_thresh":
       rate = scale_by_temperature_lr(lr_tau)
     elif temperature_schedule == "const":

@@ -12,10 +12,11 @@ commands ``glofnd-jax validate-shards`` (:func:`validate_main`) and ``glofnd-jax
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import pathlib
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -227,19 +228,33 @@ def rekey_shards(shards: str | Sequence[str], out_dir: str | os.PathLike, *,
 # ----------------------------------------------------------------------------- commands
 
 
+def _parser(command: str, description: str, shards_help: str) -> argparse.ArgumentParser:
+  """What both commands take: a shard pattern and the json key field."""
+  parser = argparse.ArgumentParser(prog=f"glofnd-jax {command}", description=description)
+  parser.add_argument("shards", help=shards_help)
+  parser.add_argument("--key_field", default="key")
+  return parser
+
+
+def _attempt(run: Callable[[], Any]) -> tuple[Any, int]:
+  """``(run(), 0)``, or ``(None, 2)`` after printing the one-line error of a bad shard set."""
+  try:
+    return run(), 0
+  except (FileNotFoundError, ValueError) as error:
+    print(f"error: {error}")
+    return None, 2
+
+
 def validate_main(argv: Sequence[str] | None = None) -> int:
   """``glofnd-jax validate-shards PATTERN``: exit status 1 when a shard is damaged or the index
   contract is broken."""
-  import argparse  # pylint: disable=g-import-not-at-top
-
-  parser = argparse.ArgumentParser(
-      prog="glofnd-jax validate-shards",
-      description="Check webdataset shards for damage (cut short, unreadable, not matching their "
-                  "manifest) and against the index contract (unique integer keys, in range), "
-                  "and report holes, unusable samples and (--verify_images) bad images and "
-                  "empty captions, each with its shard and key.")
-  parser.add_argument("shards", help="shard pattern: 'data/{00000..00009}.tar', 'data/*.tar'")
-  parser.add_argument("--key_field", default="key")
+  parser = _parser(
+      "validate-shards",
+      "Check webdataset shards for damage (cut short, unreadable, not matching their manifest) "
+      "and against the index contract (unique integer keys, in range), and report holes, "
+      "unusable samples and (--verify_images) bad images and empty captions, each with its shard "
+      "and key.",
+      "shard pattern: 'data/{00000..00009}.tar', 'data/*.tar'")
   parser.add_argument("--caption_field", default="caption")
   parser.add_argument("--label_field", default="label")
   parser.add_argument("--data_size", type=int, default=None, help="keys must be below this")
@@ -247,14 +262,12 @@ def validate_main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--workers", type=int, default=4)
   parser.add_argument("--json", default=None, help="also write the full report to this file")
   args = parser.parse_args(argv)
-  try:
-    report = validate_shards(args.shards, key_field=args.key_field,
-                             caption_field=args.caption_field, label_field=args.label_field,
-                             data_size=args.data_size, verify_images=args.verify_images,
-                             workers=args.workers)
-  except (FileNotFoundError, ValueError) as error:
-    print(f"error: {error}")
-    return 2
+  report, failed = _attempt(lambda: validate_shards(
+      args.shards, key_field=args.key_field, caption_field=args.caption_field,
+      label_field=args.label_field, data_size=args.data_size, verify_images=args.verify_images,
+      workers=args.workers))
+  if failed:
+    return failed
   print(format_validation(report))
   if args.json:
     pathlib.Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
@@ -263,25 +276,21 @@ def validate_main(argv: Sequence[str] | None = None) -> int:
 
 def rekey_main(argv: Sequence[str] | None = None) -> int:
   """``glofnd-jax rekey-shards PATTERN OUT_DIR [--all]``."""
-  import argparse  # pylint: disable=g-import-not-at-top
-
-  parser = argparse.ArgumentParser(
-      prog="glofnd-jax rekey-shards",
-      description="Write copies of webdataset shards in which every sample's json has an "
-                  "integer key (its global index). Samples lacking one get new keys after the "
-                  "largest existing key; --all renumbers every sample 0, 1, ... (no holes).")
-  parser.add_argument("shards", help="shard pattern, e.g. 'raw/{00000..00009}.tar'")
+  parser = _parser(
+      "rekey-shards",
+      "Write copies of webdataset shards in which every sample's json has an integer key (its "
+      "global index). Samples lacking one get new keys after the largest existing key; --all "
+      "renumbers every sample 0, 1, ... (no holes).",
+      "shard pattern, e.g. 'raw/{00000..00009}.tar'")
   parser.add_argument("out_dir", help="directory for the rewritten shards (not the inputs')")
-  parser.add_argument("--key_field", default="key")
   parser.add_argument("--all", action="store_true", help="renumber every sample")
   parser.add_argument("--start", type=int, default=None, help="first new key")
   args = parser.parse_args(argv)
-  try:
-    summary = rekey_shards(args.shards, args.out_dir, key_field=args.key_field,
-                           renumber_all=args.all, start=args.start)
-  except (FileNotFoundError, ValueError) as error:
-    print(f"error: {error}")
-    return 2
+  summary, failed = _attempt(lambda: rekey_shards(
+      args.shards, args.out_dir, key_field=args.key_field, renumber_all=args.all,
+      start=args.start))
+  if failed:
+    return failed
   print(f"wrote {len(summary['shards'])} shard(s) to {args.out_dir}: {summary['num_samples']} "
         f"samples, {summary['num_rekeyed']} given new keys (from {summary['first_new_key']}), "
         f"data_size {summary['data_size']}")
