@@ -132,7 +132,8 @@ def crop_views(image: np.ndarray | bytes, rng: np.random.Generator, config: Host
   factor = draft_factor(boxes, config.size) if config.draft else 1
   if factor > 1 and pil.format == "JPEG":
     pil.draft(mode, (math.ceil(width / factor), math.ceil(height / factor)))
-  pil = pil.convert(mode)
+  if pil.mode != mode:
+    pil = pil.convert(mode)
   # The decoder may shrink by less than asked; boxes scale by what it did.
   scale_x, scale_y = pil.size[0] / width, pil.size[1] / height
   out_h, out_w = config.size
