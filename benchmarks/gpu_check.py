@@ -14,11 +14,17 @@ finished ones:
    alone (mode ``none``) vs SogCLR + GloFND, compiled ahead of time and timed in interleaved
    blocks; images/s = batch / step time (each image is two views through the network).
 
+4. ``augmented`` and 5. ``jpeg_train`` (:mod:`gpu_check_input`): the ResNet-50 step with the
+   on-device augmentation of host-cropped uint8 view pairs vs without it, and the train step fed
+   from a generated folder of ImageNet-size JPEGs (our pipeline, host crops, device prefetch)
+   vs the same step on one reused batch: whether input keeps up with the GPU.
+
 ``--cpu-smoke`` runs the same phases at tiny sizes on the CPU (what CI tests), with the small CNN
 instead of ResNet-50 (whose compilation alone takes minutes on a 2-core CPU).
 
     python benchmarks/gpu_check.py [--cpu-smoke] [--out FILE] [--budget-s 420]
-        [--phases state_1e8,throughput] [--state-steps 20] [--state-repeats 7]
+        [--phases state_1e8,throughput,augmented,jpeg_train] [--state-steps 20]
+        [--state-repeats 7]
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import traceback
 
 import common
 import flax.linen as nn
+import gpu_check_input
 import jax
 import optax
 import step_timing
@@ -41,6 +48,7 @@ from glofnd_jax import thresholds as thr
 from glofnd_jax.training import optim
 
 IMAGENET_SIZE = 1_281_167
+PHASES = ("state_1e8", "throughput", "augmented", "jpeg_train")
 
 
 class TinyEncoder(nn.Module):
@@ -135,8 +143,8 @@ def main(argv=None):
                       help="throughput modes; the first is the baseline")
   parser.add_argument("--budget-s", type=float, default=420,
                       help="skip the throughput phase if less than this remains of it")
-  parser.add_argument("--phases", default="state_1e8,throughput",
-                      help="comma-separated phases to run: state_1e8, throughput")
+  parser.add_argument("--phases", default=",".join(PHASES),
+                      help="comma-separated phases to run: " + ", ".join(PHASES))
   parser.add_argument("--state-steps", type=int, default=20,
                       help="steps per timed block in the N-scaling step timing")
   parser.add_argument("--state-repeats", type=int, default=7,
@@ -144,9 +152,9 @@ def main(argv=None):
   parser.add_argument("--out", type=pathlib.Path, default=None)
   args = parser.parse_args(argv)
   selected = args.phases.split(",")
-  unknown = sorted(set(selected) - {"state_1e8", "throughput"})
+  unknown = sorted(set(selected) - set(PHASES))
   if unknown:
-    parser.error(f"--phases: unknown {unknown}; choose from state_1e8, throughput")
+    parser.error(f"--phases: unknown {unknown}; choose from {', '.join(PHASES)}")
   out = common.output_path(args.out, "gpu_check_cpu_smoke" if args.cpu_smoke else "gpu_check",
                            quick=False)
   log = lambda line: print(f"[gpu_check {time.time() - started:5.0f} s] {line}", flush=True)
@@ -172,6 +180,8 @@ def main(argv=None):
                                         proj_dim=16, proj_hidden_dim=16),
                       image_size=8, batch=8, num_samples=1000, modes=modes[:2], steps=1,
                       repeats=2)
+    jpeg_train = dict(images=24, size=16, batch=8, steps=1, repeats=1,
+                      model=dict(name="small_cnn"))
   else:
     sizes = dict(big_n=10**8, small_n=10**4, batch=256, steps=args.state_steps,
                  repeats=args.state_repeats)
@@ -180,12 +190,22 @@ def main(argv=None):
                                         proj_hidden_dim=2048),
                       image_size=224, batch=256, num_samples=IMAGENET_SIZE, modes=modes,
                       steps=10, repeats=6)
+    # The paper's batch 128 on the paper's model; enough JPEGs for a few epochs of blocks.
+    jpeg_train = dict(images=1536, size=224, batch=128, steps=10, repeats=3,
+                      model=dict(name="resnet50", stem="imagenet", dtype="bfloat16",
+                                 proj_hidden_dim=2048))
+  augmented = {k: throughput[k] for k in ("model_name", "model_kwargs", "image_size", "batch",
+                                          "num_samples")}
+  augmented.update(steps=throughput["steps"], repeats=max(2, throughput["repeats"] // 2),
+                   objective=objective_config(0.01))
 
   phases = {"state_1e8": lambda: state_phase(**sizes, log=log),
-            "throughput": lambda: throughput_phase(**throughput, log=log)}
+            "throughput": lambda: throughput_phase(**throughput, log=log),
+            "augmented": lambda: gpu_check_input.augmented_phase(**augmented, log=log),
+            "jpeg_train": lambda: gpu_check_input.jpeg_train_phase(**jpeg_train, log=log)}
   phases = [(name, phases[name]) for name in selected]
   for name, phase in phases:
-    if name == "throughput" and time.time() - started > args.budget_s:
+    if name != "state_1e8" and time.time() - started > args.budget_s:
       report["errors"][name] = f"skipped: {time.time() - started:.0f} s already spent"
       continue
     try:
@@ -217,6 +237,13 @@ def main(argv=None):
         ratio = entry["ratio_to_" + base]
         summary[f"step_time_ratio[{mode}/{base}]"] = {k: ratio[k] for k in ("median", "min",
                                                                             "max")}
+  if "augmented" in report:
+    for mode, entry in report["augmented"]["modes"].items():
+      summary[f"images_per_s[{mode}]"] = entry["images_per_s_median"]
+  if "jpeg_train" in report:
+    j = report["jpeg_train"]
+    summary.update(jpeg_train_images_per_s={k: j[k]["median"] for k in ("real", "synthetic")},
+                   jpeg_train_real_over_synthetic=j["real_over_synthetic"]["median"])
   report["summary"] = summary
   report["wall_s"] = time.time() - started
   common.write_json(report, out)

@@ -45,6 +45,8 @@ COMMANDS = {
                                  "threshold_update_scaling"),
     "siglip_ring": (lambda out: [sys.executable, "siglip_ring.py", "--quick", "--out", out],
                     "siglip_ring"),
+    "input_pipeline": (lambda out: [sys.executable, "input_pipeline.py", "--quick", "--out", out],
+                       "input_pipeline"),
 }
 
 

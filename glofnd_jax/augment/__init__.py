@@ -5,7 +5,9 @@ Two recipes, each a frozen (hashable) config dataclass, so a config can be a sta
 
 * :class:`SimCLRAugmentConfig`: the SimCLR / MoCo v2 / SogCLR set: random resized crop,
   horizontal flip, colour jitter (brightness, contrast, saturation, hue; with probability, in a
-  random order per example), random grayscale, Gaussian blur, normalisation.
+  random order per example), random grayscale, Gaussian blur, solarize, normalisation. The crop
+  may instead be cut on the host (:mod:`glofnd_jax.data.crops`): :func:`two_views` then takes
+  ``(B, 2, h, w, C)`` uint8 views and applies the rest.
 * :class:`DigitsAugmentConfig`: for 8x8 grayscale digits: small random rotation, scale and shift
   (a shift is a crop of a zero-padded image), a smooth random displacement field (elastic-ish),
   intensity scaling, Gaussian noise, normalisation. No flip: a mirrored digit is another symbol.
@@ -31,6 +33,7 @@ from glofnd_jax.augment.ops import (
     random_flip,
     random_grayscale,
     random_resized_crop,
+    random_solarize,
     rgb_to_grayscale,
     rgb_to_hsv,
     to_float,

@@ -219,6 +219,15 @@ def random_grayscale(rng: jax.Array, images: jax.Array, prob: float) -> jax.Arra
   return _per_example(_bernoulli(rng, prob, images.shape[0]), gray, images)
 
 
+def random_solarize(rng: jax.Array, images: jax.Array, prob: float,
+                    threshold: float = 0.5) -> jax.Array:
+  """With probability ``prob``, inverts the pixels at or above ``threshold`` (BYOL's solarize)."""
+  if prob <= 0:
+    return images
+  solarized = jnp.where(images >= threshold, 1.0 - images, images)
+  return _per_example(_bernoulli(rng, prob, images.shape[0]), solarized, images)
+
+
 def blur_kernel_size(size: int, fraction: float) -> int:
   """Odd kernel size ``~ fraction * size``, at least 3 (SimCLR: 10% of the image side)."""
   k = max(3, int(fraction * size))

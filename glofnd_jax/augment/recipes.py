@@ -19,6 +19,7 @@ from glofnd_jax.augment.ops import (
   random_flip,
   random_grayscale,
   random_resized_crop,
+  random_solarize,
   to_float,
 )
 
@@ -35,7 +36,13 @@ def _as_tuple(value):
 
 @dataclasses.dataclass(frozen=True)
 class SimCLRAugmentConfig:
-  """Strengths of the SimCLR augmentations (defaults: MoCo v2 / SogCLR ImageNet recipe).
+  """Strengths of the SimCLR augmentations (defaults: the SogCLR / GloFND ImageNet recipe).
+
+  The authors' torchvision transform (GloFND ``unimodal/train.py``, SogCLR ``train.py``), per
+  view: ``RandomResizedCrop(224, scale=(0.08, 1))``, ``RandomApply([ColorJitter(0.4, 0.4, 0.2,
+  0.1)], p=0.8)``, ``RandomGrayscale(p=0.2)``, ``RandomApply([GaussianBlur([0.1, 2])], p=1.0)``,
+  ``RandomHorizontalFlip()``, normalise. The flip is applied first here: it commutes with the
+  pixel-wise colour ops and the symmetric blur kernel.
 
   Attributes:
     crop_size: output ``(height, width)`` (an int means square); None keeps the input size.
@@ -48,10 +55,12 @@ class SimCLRAugmentConfig:
     jitter_random_order: apply the four jitter ops in a random order per example (torchvision);
       False: brightness, contrast, saturation, hue.
     grayscale_prob: probability of converting to grayscale (kept as C channels).
-    blur_prob: probability of a Gaussian blur (SimCLR: 0.5 on ImageNet, 0 on CIFAR).
+    blur_prob: probability of a Gaussian blur (SogCLR / GloFND: 1.0 on ImageNet, 0 on CIFAR).
     blur_sigma: range of the blur's standard deviation, in pixels.
     blur_kernel_fraction: blur kernel size as a fraction of the output size (rounded to odd, at
       least 3).
+    solarize_prob: probability of solarizing (inverting pixels >= 0.5; BYOL's second view; 0 in
+      the SogCLR / GloFND recipes).
     mean, std: per-channel normalisation (one value broadcasts to every channel).
   """
 
@@ -62,13 +71,14 @@ class SimCLRAugmentConfig:
   jitter_prob: float = 0.8
   brightness: float = 0.4
   contrast: float = 0.4
-  saturation: float = 0.4
+  saturation: float = 0.2
   hue: float = 0.1
   jitter_random_order: bool = True
   grayscale_prob: float = 0.2
-  blur_prob: float = 0.5
+  blur_prob: float = 1.0
   blur_sigma: tuple[float, float] = (0.1, 2.0)
   blur_kernel_fraction: float = 0.1
+  solarize_prob: float = 0.0
   mean: tuple[float, ...] = IMAGENET_MEAN
   std: tuple[float, ...] = IMAGENET_STD
 
@@ -85,7 +95,7 @@ class SimCLRAugmentConfig:
     for name in ("brightness", "contrast", "saturation"):
       if getattr(self, name) < 0:
         raise ValueError(f"{name}={getattr(self, name)} must be >= 0.")
-    for name in ("flip_prob", "jitter_prob", "grayscale_prob", "blur_prob"):
+    for name in ("flip_prob", "jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob"):
       if not 0 <= getattr(self, name) <= 1:
         raise ValueError(f"{name}={getattr(self, name)} must lie in [0, 1].")
     _check_mean_std(self.mean, self.std)
@@ -148,13 +158,24 @@ def _output_size(config: SimCLRAugmentConfig, height: int, width: int) -> tuple[
   return tuple(config.crop_size)
 
 
-def simclr_view(rng: jax.Array, images: jax.Array, config: SimCLRAugmentConfig) -> jax.Array:
-  """One SimCLR view: ``(B, H, W, C)`` uint8/float -> float32 ``(B, h, w, C)`` normalised."""
+def simclr_view(rng: jax.Array, images: jax.Array, config: SimCLRAugmentConfig,
+                cropped: bool = False) -> jax.Array:
+  """One SimCLR view: ``(B, H, W, C)`` uint8/float -> float32 ``(B, h, w, C)`` normalised.
+
+  ``cropped``: the images are random resized crops already (cut on the host) at ``crop_size``;
+  everything but the crop is applied.
+  """
   images = to_float(images)
   _, height, width, _ = images.shape
   size = _output_size(config, height, width)
   crop_key, flip_key, jitter_key, gray_key, blur_key = jax.random.split(rng, 5)
-  x = random_resized_crop(crop_key, images, size, config.crop_scale, config.crop_ratio)
+  if cropped:
+    if (height, width) != size:
+      raise ValueError(f"host-cropped views are {height}x{width} but config.augment.crop_size is "
+                       f"{size}: cut them at the crop size.")
+    x = images
+  else:
+    x = random_resized_crop(crop_key, images, size, config.crop_scale, config.crop_ratio)
   x = random_flip(flip_key, x, config.flip_prob)
   x = color_jitter(jitter_key, x, brightness=config.brightness, contrast=config.contrast,
                    saturation=config.saturation, hue=config.hue, prob=config.jitter_prob,
@@ -162,6 +183,7 @@ def simclr_view(rng: jax.Array, images: jax.Array, config: SimCLRAugmentConfig) 
   x = random_grayscale(gray_key, x, config.grayscale_prob)
   x = gaussian_blur(blur_key, x, prob=config.blur_prob, sigma=config.blur_sigma,
                     kernel_size=blur_kernel_size(min(size), config.blur_kernel_fraction))
+  x = random_solarize(jax.random.fold_in(rng, 5), x, config.solarize_prob)
   return normalize(jnp.clip(x, 0.0, 1.0), config.mean, config.std)
 
 
@@ -199,7 +221,9 @@ def two_views(rng: jax.Array, images: jax.Array,
 
   Args:
     rng: PRNG key; the views use two keys split from it.
-    images: ``(B, H, W, C)`` uint8 or float in ``[0, 1]``.
+    images: ``(B, H, W, C)`` uint8 or float in ``[0, 1]``; or ``(B, 2, h, w, C)``: two views per
+      image already cut on the host (:mod:`glofnd_jax.data.crops`, SimCLR recipe only), which
+      get everything but the crop.
     config: a :class:`SimCLRAugmentConfig` or :class:`DigitsAugmentConfig` (static under jit:
       ``jax.jit(two_views, static_argnums=2)``).
 
@@ -207,6 +231,12 @@ def two_views(rng: jax.Array, images: jax.Array,
     ``(view1, view2)``, each float32 ``(B, h, w, C)``, normalised.
   """
   key1, key2 = jax.random.split(rng)
+  if images.ndim == 5:
+    if not isinstance(config, SimCLRAugmentConfig) or images.shape[1] != 2:
+      raise ValueError(f"images of shape {images.shape} are host-cropped view pairs, which only "
+                       "the SimCLR recipe takes (config.augment.kind='simclr').")
+    return (simclr_view(key1, images[:, 0], config, cropped=True),
+            simclr_view(key2, images[:, 1], config, cropped=True))
   return augment(key1, images, config), augment(key2, images, config)
 
 

@@ -12,6 +12,7 @@ import ml_collections
 from glofnd_jax import augment as augment_lib
 from glofnd_jax import objectives
 from glofnd_jax.config.common import glofnd_section, run_section, threshold_config, validate
+from glofnd_jax.data import crops as data_crops
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -25,7 +26,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.test_split = "test"
   c.data.image_size = 8        # images are resized to this in the input pipeline
   c.data.channels = 1
-  c.data.read_threads = 1
+  # Input concurrency (glofnd_jax.data.iterators.concurrency); -1 = derived from the cores this
+  # process may use (os.sched_getaffinity: SLURM --cpus-per-task, taskset):
+  c.data.worker_count = -1     # grain worker processes; -1: 0 below 4 cores, else cores - 1
+  c.data.read_threads = -1     # decode threads per reading process; -1: min(cores, 16), 2 per worker
+  c.data.prefetch_batches = -1  # batches ready per reading process; -1: 2 * read_threads
+  # Training views cut on the host: two random resized crops (augment.crop_size, crop_scale) of
+  # the whole original image from one decode (JPEG DCT downscaling when they are large), sent as
+  # uint8; the rest of the augmentation runs on device. False: the host resizes every image to
+  # image_size and the device crops that (fine when images are stored at their training size).
+  c.data.host_crop = False
   c.data.synthetic_num_samples = 256  # only for name="synthetic" (test stand-in data)
 
   c.augment = ml_collections.ConfigDict()
@@ -34,9 +44,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.augment.crop_scale = (0.08, 1.0)
   c.augment.flip_prob = 0.5
   c.augment.jitter_prob = 0.8
-  c.augment.jitter_strength = 1.0  # scales brightness/contrast/saturation 0.4 and hue 0.1
+  c.augment.brightness = 0.4   # torchvision ColorJitter(brightness, contrast, saturation, hue)
+  c.augment.contrast = 0.4
+  c.augment.saturation = 0.2
+  c.augment.hue = 0.1
+  c.augment.jitter_strength = 1.0  # multiplies the four above
   c.augment.grayscale_prob = 0.2
-  c.augment.blur_prob = 0.5
+  c.augment.blur_prob = 1.0    # sigma uniform in [0.1, 2] pixels
+  c.augment.solarize_prob = 0.0
   c.augment.mean = (0.485, 0.456, 0.406)
   c.augment.std = (0.229, 0.224, 0.225)
 
@@ -97,10 +112,22 @@ def augment_config(config):
     s = a.jitter_strength
     return augment_lib.SimCLRAugmentConfig(
         crop_size=a.crop_size or None, crop_scale=tuple(a.crop_scale), flip_prob=a.flip_prob,
-        jitter_prob=a.jitter_prob, brightness=0.4 * s, contrast=0.4 * s, saturation=0.4 * s,
-        hue=0.1 * s, grayscale_prob=a.grayscale_prob, blur_prob=a.blur_prob,
-        mean=tuple(a.mean), std=tuple(a.std))
+        jitter_prob=a.jitter_prob, brightness=a.get("brightness", 0.4) * s,
+        contrast=a.get("contrast", 0.4) * s, saturation=a.get("saturation", 0.4) * s,
+        hue=a.get("hue", 0.1) * s, grayscale_prob=a.grayscale_prob, blur_prob=a.blur_prob,
+        solarize_prob=a.get("solarize_prob", 0.0), mean=tuple(a.mean), std=tuple(a.std))
   raise ValueError(f"config.augment.kind={a.kind!r} is unknown: use 'digits' or 'simclr'.")
+
+
+def host_crop_config(config):
+  """The host crop of the training views (``config.data.host_crop``), else None."""
+  if not config.data.get("host_crop", False):
+    return None
+  a = config.augment
+  if a.kind != "simclr" or not a.crop_size:
+    raise ValueError("config.data.host_crop=True cuts SimCLR crops: set config.augment.kind="
+                     "'simclr' and config.augment.crop_size (the views' size).")
+  return data_crops.HostCropConfig(size=a.crop_size, scale=tuple(a.crop_scale))
 
 
 def model_kwargs(config) -> dict:

@@ -12,7 +12,9 @@ random-access, so each process only reads and decodes its own examples):
    permutation;
 4. ``[:steps_per_epoch * global_batch]``: drop each epoch's remainder, so an epoch is a whole
    number of steps on every process and no batch mixes two epochs;
-5. decode / resize per example (:class:`~glofnd_jax.data.decode.DecodeAndResize`);
+5. decode / resize per example (:class:`~glofnd_jax.data.decode.DecodeAndResize`), or, for
+   training with ``host_crop``, decode once and cut two random resized crops
+   (:class:`~glofnd_jax.data.crops.RandomCropViews`);
 6. ``batch(local_batch)`` then ``[process_index::process_count]``: global batch ``s`` is the
    ``process_count`` consecutive local batches ``s * P ... s * P + P - 1``; process ``p`` takes
    the ``p``-th. Concatenated in process order they form the global batch, which is what
@@ -20,8 +22,9 @@ random-access, so each process only reads and decodes its own examples):
 7. ``repeat(num_epochs)``.
 
 Local step ``k`` therefore belongs to epoch ``k // steps_per_epoch`` on every process. The
-iterator (:func:`make_iterator`) is a ``grain.DatasetIterator``: ``get_state()`` /
-``set_state()`` (or ``grain.checkpoint.CheckpointSave``) resume it exactly.
+iterator (:func:`make_iterator`) is a :class:`~glofnd_jax.data.iterators.StepIterator`: its state
+is the step, ``get_state()`` / ``set_state()`` (or ``grain.checkpoint.CheckpointSave``) resume it
+exactly, with or without worker processes.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from typing import Any, Callable, Sequence
 import grain
 import jax
 
+from glofnd_jax.data import iterators
+from glofnd_jax.data.crops import HostCropConfig, RandomCropViews
 from glofnd_jax.data.decode import DecodeAndResize
 
 
@@ -68,8 +73,9 @@ class _AttachIndex:
     self._padded_length = padded_length
 
   def __call__(self, position: int, record: dict[str, Any]) -> dict[str, Any]:
-    position = position % self._padded_length
     record = dict(record)
+    record["epoch"] = position // self._padded_length  # before the modulo: seeds host crops
+    position = position % self._padded_length
     if position < self._num_records:
       record["index"] = position
     else:
@@ -128,7 +134,7 @@ def make_dataset(source: Sequence[dict[str, Any]], *, global_batch_size: int, se
                  shuffle: bool = True, num_epochs: int | None = None,
                  drop_remainder: bool = True, image_size: int | tuple[int, int] | None = None,
                  channels: int | None = None, resize_mode: str = "center_crop",
-                 process_index: int | None = None,
+                 host_crop: HostCropConfig | None = None, process_index: int | None = None,
                  process_count: int | None = None) -> grain.MapDataset:
   """The per-process stream of batches as a lazy ``grain.MapDataset`` (see the module doc).
 
@@ -147,6 +153,9 @@ def make_dataset(source: Sequence[dict[str, Any]], *, global_batch_size: int, se
     channels: convert images to 1 or 3 channels; None keeps them as stored.
     resize_mode: ``'center_crop'`` (keep aspect ratio) or ``'stretch'``, see
       :func:`~glofnd_jax.data.decode.resize_image`.
+    host_crop: training views cut on the host (:mod:`~glofnd_jax.data.crops`): ``image`` is
+      then ``(b, views, h, w, C)``, random resized crops of the whole original image, and
+      ``image_size`` is not used. Crops are seeded by ``(seed, epoch, index)``.
     process_index, process_count: this process's slot; default ``jax.process_index()`` /
       ``jax.process_count()``.
 
@@ -157,7 +166,11 @@ def make_dataset(source: Sequence[dict[str, Any]], *, global_batch_size: int, se
   """
   if isinstance(image_size, int):
     image_size = (image_size, image_size)
-  return indexed_batches(source, _AttachIndex, DecodeAndResize(image_size, channels, resize_mode),
+  if host_crop is not None:
+    decode = RandomCropViews(host_crop, channels, seed)
+  else:
+    decode = DecodeAndResize(image_size, channels, resize_mode)
+  return indexed_batches(source, _AttachIndex, decode,
                          global_batch_size=global_batch_size, seed=seed, shuffle=shuffle,
                          num_epochs=num_epochs, drop_remainder=drop_remainder,
                          process_index=process_index, process_count=process_count)
@@ -167,30 +180,36 @@ def make_iterator(source: Sequence[dict[str, Any]], *, global_batch_size: int, s
                   shuffle: bool = True, num_epochs: int | None = None,
                   drop_remainder: bool = True, image_size: int | tuple[int, int] | None = None,
                   channels: int | None = None, resize_mode: str = "center_crop",
-                  process_index: int | None = None, process_count: int | None = None,
-                  worker_count: int = 0, read_threads: int = 1,
-                  prefetch_batches: int = 2) -> grain.DatasetIterator:
+                  host_crop: HostCropConfig | None = None, process_index: int | None = None,
+                  process_count: int | None = None, worker_count: int = -1,
+                  read_threads: int = -1,
+                  prefetch_batches: int = -1) -> iterators.StepIterator:
   """A deterministic, checkpointable iterator over :func:`make_dataset`'s batches.
 
   Args:
     source ... process_count: as in :func:`make_dataset`.
-    worker_count: grain worker processes (``mp_prefetch``); 0 reads in this process, which was
-      fastest on a 2-core machine. With workers, call this under ``if __name__ == '__main__'``
-      and, outside ``absl.app.run``, parse absl flags first (``absl.flags.FLAGS(sys.argv[:1])``).
-    read_threads: threads reading and decoding batches ahead (0: synchronous).
-    prefetch_batches: batches each reader keeps ready (memory: this many batches per thread).
+    worker_count: grain worker processes (``mp_prefetch``); 0 reads in this process. The
+      source and the decode stage are pickled to the workers (ours are). With workers, a script
+      started with ``python script.py`` must build the iterator under
+      ``if __name__ == '__main__'`` (workers are spawned, and re-import the main module).
+    read_threads: threads reading and decoding batches ahead in each reading process (0:
+      synchronous).
+    prefetch_batches: batches each reading process keeps ready (memory: this many batches).
+    -1 for any of the three: the default derived from the cores this process may use
+    (:func:`~glofnd_jax.data.iterators.concurrency`).
 
   Returns:
-    A ``grain.DatasetIterator`` yielding the batch dicts; ``get_state()`` returns a small dict
-    and ``set_state(state)`` resumes from it. Close it (``close()``) when done if it has workers.
+    A :class:`~glofnd_jax.data.iterators.StepIterator` yielding the batch dicts;
+    ``get_state()`` is ``{"step": k}`` and ``set_state(state)`` resumes from it, for any worker
+    or thread count. Close it (``close()``) when done if it has workers.
   """
   dataset = make_dataset(source, global_batch_size=global_batch_size, seed=seed, shuffle=shuffle,
                          num_epochs=num_epochs, drop_remainder=drop_remainder,
                          image_size=image_size, channels=channels, resize_mode=resize_mode,
-                         process_index=process_index, process_count=process_count)
+                         host_crop=host_crop, process_index=process_index,
+                         process_count=process_count)
+  worker_count, read_threads, prefetch_batches = iterators.concurrency(
+      worker_count, read_threads, prefetch_batches)
   read_options = grain.ReadOptions(num_threads=read_threads,
                                    prefetch_buffer_size=prefetch_batches if read_threads else 0)
-  iter_ds = dataset.to_iter_dataset(read_options)
-  if worker_count > 0:
-    iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
-  return iter(iter_ds)
+  return iterators.StepIterator(dataset, read_options, worker_count)

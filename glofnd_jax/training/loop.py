@@ -27,6 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from glofnd_jax import distributed
+from glofnd_jax.data.iterators import DevicePrefetch
 from glofnd_jax.training import nonfinite as nonfinite_lib
 from glofnd_jax.training import plots, preemption
 from glofnd_jax.training import task as task_lib
@@ -167,9 +168,12 @@ def run_steps(run, state, iterator, checkpointer, guard, first_step: int, last_s
   """
   c, step_fn = run.config, run.step_fn()
   outputs = Outputs(run, first_step, last_step)
+  # The next batch is on its way to the device while a step runs; checkpoints save the position
+  # of the first batch not trained on.
+  batches = DevicePrefetch(iterator, run.global_batch, depth=1)
   try:
     for done in range(first_step + 1, last_step + 1):
-      state, metrics = step_fn(state, run.global_batch(next(iterator)))
+      state, metrics = step_fn(state, next(batches))
       outputs.monitor.add(done, metrics)
       # Asked at every step but the last (which saves anyway): the processes' agreement on
       # the stopping step needs every step's number.
@@ -182,12 +186,12 @@ def run_steps(run, state, iterator, checkpointer, guard, first_step: int, last_s
         outputs.log(done, metrics)
       outputs.snapshot(done, state)
       if save:
-        checkpointer.save(done, state, iterator, force=True)
+        checkpointer.save(done, state, batches, force=True)
       outputs.bar.update(1)
       if preempted:
         return state, done, True
     if last_step > first_step:
-      checkpointer.save(last_step, state, iterator, force=True)
+      checkpointer.save(last_step, state, batches, force=True)
     return state, last_step, False
   finally:
     outputs.close()

@@ -42,6 +42,7 @@ class UnimodalRun(task_lib.Task):
                                    momentum=config.optim.momentum)
     self.objective = unimodal_config.unimodal_objective_config(config)
     self.augment = unimodal_config.augment_config(config)
+    self.host_crop = unimodal_config.host_crop_config(config)
     self.sample_input = self.augmented_image_sample()
 
   def open_split(self, split: str):
@@ -64,9 +65,11 @@ class UnimodalRun(task_lib.Task):
 
   def iterator(self):
     c = self.config
+    d = c.data
     return data.make_iterator(self.source, global_batch_size=self.batch, seed=c.seed,
-                              image_size=c.data.image_size, channels=c.data.channels,
-                              read_threads=c.data.read_threads)
+                              image_size=d.image_size, channels=d.channels,
+                              host_crop=self.host_crop, worker_count=d.worker_count,
+                              read_threads=d.read_threads, prefetch_batches=d.prefetch_batches)
 
   def step_fn(self):
     two_views = functools.partial(augment_lib.two_views, config=self.augment)
@@ -79,8 +82,10 @@ class UnimodalRun(task_lib.Task):
   def global_batch(self, local: dict) -> dict:
     """This process's loader batch -> the global batch the step takes (indices checked)."""
     per_sample.check_indices(local["index"], self.num_samples, "batch index")
-    expected = (self.config.data.image_size, self.config.data.image_size,
-                self.config.data.channels)
+    d = self.config.data
+    expected = (d.image_size, d.image_size, d.channels)
+    if self.host_crop is not None:
+      expected = (self.host_crop.views, *self.host_crop.size, d.channels)
     if tuple(local["image"].shape[1:]) != expected:
       raise ValueError(
           f"batch images have shape {tuple(local['image'].shape[1:])} but the model was built "
