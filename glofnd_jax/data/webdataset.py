@@ -682,19 +682,19 @@ def rekey_shards(shards: str | Sequence[str], out_dir: str | os.PathLike, *,
 
 def validate_main(argv: Sequence[str] | None = None) -> int:
   """``glofnd-jax validate-shards PATTERN``: exit status 1 when the index contract is broken."""
-  import argparse  # pylint: disable=g-import-not-at-top
+  from glofnd_jax import arguments  # pylint: disable=g-import-not-at-top
 
-  parser = argparse.ArgumentParser(
+  parser = arguments.ArgumentParser(
       prog="glofnd-jax validate-shards",
       description="Check webdataset shards against the index contract (unique integer keys, in "
-                  "range) and report holes, unusable samples and (--verify_images) bad images "
+                  "range) and report holes, unusable samples and (--verify-images) bad images "
                   "and empty captions, each with its shard and key.")
   parser.add_argument("shards", help="shard pattern: 'data/{00000..00009}.tar', 'data/*.tar'")
-  parser.add_argument("--key_field", default="key")
-  parser.add_argument("--caption_field", default="caption")
-  parser.add_argument("--label_field", default="label")
-  parser.add_argument("--data_size", type=int, default=None, help="keys must be below this")
-  parser.add_argument("--verify_images", action="store_true", help="decode every image (slow)")
+  parser.add_argument("--key-field", default="key")
+  parser.add_argument("--caption-field", default="caption")
+  parser.add_argument("--label-field", default="label")
+  parser.add_argument("--data-size", type=int, default=None, help="keys must be below this")
+  parser.add_argument("--verify-images", action="store_true", help="decode every image (slow)")
   parser.add_argument("--workers", type=int, default=4)
   parser.add_argument("--json", default=None, help="also write the full report to this file")
   args = parser.parse_args(argv)
@@ -714,16 +714,16 @@ def validate_main(argv: Sequence[str] | None = None) -> int:
 
 def rekey_main(argv: Sequence[str] | None = None) -> int:
   """``glofnd-jax rekey-shards PATTERN OUT_DIR [--all]``."""
-  import argparse  # pylint: disable=g-import-not-at-top
+  from glofnd_jax import arguments  # pylint: disable=g-import-not-at-top
 
-  parser = argparse.ArgumentParser(
+  parser = arguments.ArgumentParser(
       prog="glofnd-jax rekey-shards",
       description="Write copies of webdataset shards in which every sample's json has an "
                   "integer key (its global index). Samples lacking one get new keys after the "
                   "largest existing key; --all renumbers every sample 0, 1, ... (no holes).")
   parser.add_argument("shards", help="shard pattern, e.g. 'raw/{00000..00009}.tar'")
   parser.add_argument("out_dir", help="directory for the rewritten shards (not the inputs')")
-  parser.add_argument("--key_field", default="key")
+  parser.add_argument("--key-field", default="key")
   parser.add_argument("--all", action="store_true", help="renumber every sample")
   parser.add_argument("--start", type=int, default=None, help="first new key")
   args = parser.parse_args(argv)
