@@ -1,153 +1,177 @@
-"""Command-line entry point: ``glofnd-jax <command> ...``.
+"""Command-line entry point: ``glofnd-jax <command> ...`` (``glofnd-jax CMD --help`` for each).
 
-  glofnd-jax train --config configs/NAME.py --workdir DIR [--noevaluate] [--config.key=value ...]
+  glofnd-jax train --config NAME_OR_FILE --workdir DIR [--no-evaluate] [--config.key=value ...]
   glofnd-jax eval --workdir DIR
-  glofnd-jax convert-folder SRC_DIR OUT_DIR [--image_size N]
-  glofnd-jax validate-shards PATTERN [--verify_images]
+  glofnd-jax convert-folder SRC_DIR OUT_DIR [--val-fraction F --test-fraction F] [--image-size N]
+  glofnd-jax validate-shards PATTERN [--verify-images]
   glofnd-jax rekey-shards PATTERN OUT_DIR [--all]
   glofnd-jax train-tokenizer (--captions FILE | --shards PATTERN) --out tokenizer.json
   glofnd-jax demo [...]
 
+Every flag is ``--kebab-case`` (an older ``--snake_case`` spelling is accepted). A mistake in
+the config, the data or the work directory prints one ``error: ...`` line naming the field or
+file and the fix, exit status 2; ``--debug`` (before or after the command) shows its traceback.
+
 Exit status of ``train``: 0 when the run finished *and* when it stopped on SIGTERM after saving a
 checkpoint (or before its first step): ``WORKDIR/status.json`` says which (``"finished"``,
 ``"preempted"``). Not a distinct code on purpose: under ``srun --kill-on-bad-exit`` a non-zero
-exit of the first process to finish its save would kill the others still saving. 1: an error
-(a traceback, e.g. a non-finite stop or a refused resume); 2: bad command-line flags; 143: killed
+exit of the first process to finish its save would kill the others still saving. 1: a crash
+or a non-finite stop; 2: bad command-line flags or a mistake in the config, the data or the
+work directory (e.g. a refused resume); 143: killed
 by SIGTERM before the handler was installed (while importing). ``launch/slurm.sbatch`` requeues
 on 0-but-not-finished and on signals, never on 1 or 2.
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib
+import importlib.metadata
 import sys
 
-from absl import flags
-from ml_collections import config_flags
+from glofnd_jax import arguments, errors
 
 HELP = {
-    "train": "train a config (and evaluate): --config FILE --workdir DIR [--config.x=v]",
+    "train": "train a config (and evaluate): --config NAME_OR_FILE --workdir DIR [--config.x=v]",
     "eval": "evaluate the latest checkpoint of a run: --workdir DIR",
-    "convert-folder": "folder of class subfolders -> our ArrayRecord format",
+    "convert-folder": "folder of class subfolders -> our ArrayRecord format (with splits)",
     "validate-shards": "check image-caption webdataset shards against the index contract",
     "rekey-shards": "write copies of webdataset shards with a key in every sample",
     "train-tokenizer": "train a BPE caption tokenizer: --captions FILE | --shards PATTERN --out F",
     "demo": "functional example: SogCLR +/- GloFND on synthetic clusters",
 }
 
+OVERRIDES_HELP = """\
+config overrides:
+  --config.KEY=VALUE    set any key of the config (repeatable; dotted for sections), e.g.
+                        --config.epochs=5 --config.glofnd.mode=fnd --config.data.image_size=32.
+                        A value is read as the type of the key's default (true/false, numbers,
+                        a tuple literal like '(1.0, 0.1)', text). Every key with its meaning:
+                        glofnd_jax/config/unimodal.py (base_config) and
+                        glofnd_jax/config/image_text.py; a misspelt key is an error naming the
+                        closest one.
 
-def _usage() -> str:
-  lines = [f"  {name:15} {text}" for name, text in HELP.items()]
-  return "usage: glofnd-jax <command> [options]\n\ncommands:\n" + "\n".join(lines)
+recipes installed with the package (--config NAME): {recipes}
+"""
 
 
-def _closest_keys(argv) -> str:
-  """For each ``--config.KEY=...`` the config file lacks: the closest key it has ("" if the
-  config file cannot be read here)."""
-  import difflib
-
-  import ml_collections
-
-  paths = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
-  paths += [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
-  if not paths:
-    return ""
-  path, _, arg = paths[0].partition(":")
-  from glofnd_jax.config.common import load_config_file
+def version() -> str:
   try:
-    config = load_config_file(path, arg or None)
-  except Exception:  # pylint: disable=broad-except  # only a hint: fall back to jax's message
-    return ""
-  hints = []
-  for a in argv:
-    if not a.startswith("--config."):
-      continue
-    key, node, known = a[len("--config."):].split("=", 1)[0], config, []
-    for part in key.split("."):
-      if isinstance(node, ml_collections.ConfigDict) and part in node:
-        node = node[part]
-        known.append(part)
-        continue
-      options = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
-      close = difflib.get_close_matches(part, options, n=1)
-      where = "config." + ".".join(known) if known else "the config"
-      hints.append(f"config.{key}: did you mean config.{'.'.join(known + close)}?" if close else
-                   f"config.{key}: {where} has no key {part!r} (it has {', '.join(options)})")
-      break
-  return "; ".join(hints)
+    return importlib.metadata.version("glofnd-jax")
+  except importlib.metadata.PackageNotFoundError:  # run from a checkout without installing
+    return "unknown (not installed)"
+
+
+def top_parser() -> arguments.ArgumentParser:
+  lines = [f"  {name:17} {text}" for name, text in HELP.items()]
+  parser = arguments.ArgumentParser(
+      prog="glofnd-jax", usage="glofnd-jax [--version] [--debug] <command> [options]",
+      description="GloFND for contrastive learning in JAX.\n\ncommands:\n" + "\n".join(lines)
+      + "\n\n`glofnd-jax CMD --help` lists every flag of a command with its default.")
+  parser.add_argument("--version", action="version", version=f"glofnd-jax {version()}")
+  parser.add_argument("--debug", action="store_true",
+                      help="show the full traceback of any error (also after the command)")
+  return parser
+
+
+def train_parser() -> arguments.ArgumentParser:
+  from glofnd_jax.config import overrides
+  parser = arguments.ArgumentParser(
+      prog="glofnd-jax train",
+      description="Train a config in a work directory (resuming from its latest checkpoint), "
+      "then evaluate.\n\nexample:\n  glofnd-jax train --config digits_sogclr_glofnd "
+      "--workdir workdir/digits --config.epochs=5",
+      epilog=OVERRIDES_HELP.format(recipes=", ".join(overrides.recipe_names())))
+  parser.add_argument("--config", required=True, metavar="NAME_OR_FILE",
+                      help="a recipe's name (e.g. digits_sogclr_glofnd) or a config file path "
+                      "(FILE:ARG calls get_config(ARG))")
+  parser.add_argument("--workdir", required=True, metavar="DIR",
+                      help="the run's directory: config, checkpoints, metrics, plots, results")
+  parser.add_argument("--evaluate", action=argparse.BooleanOptionalAction, default=True,
+                      help="evaluate after training; --no-evaluate only trains (then "
+                      "`glofnd-jax eval --workdir DIR` evaluates the latest checkpoint)")
+  parser.add_argument("--debug", action="store_true", help="show the traceback of any error")
+  return parser
+
+
+def eval_parser() -> arguments.ArgumentParser:
+  parser = arguments.ArgumentParser(
+      prog="glofnd-jax eval",
+      description="Evaluate the latest checkpoint of a run with the config it saved.")
+  parser.add_argument("--workdir", required=True, metavar="DIR",
+                      help="the run's directory (written by `glofnd-jax train`)")
+  parser.add_argument("--debug", action="store_true", help="show the traceback of any error")
+  return parser
 
 
 def _train(argv) -> int:
-  argv = ["glofnd-jax train", *argv]
-  flag_values = flags.FlagValues()
-  # sys_argv: the overrides are read from these arguments, not from the process's sys.argv.
-  config_flags.DEFINE_config_file("config", None, "a config file from configs/",
-                                  flag_values=flag_values, lock_config=True, sys_argv=argv)
-  flags.DEFINE_string("workdir", None, "the run's directory", flag_values=flag_values)
-  flags.DEFINE_bool("evaluate", True, "evaluate after training; --noevaluate only trains (then "
-                    "`glofnd-jax eval --workdir DIR` evaluates the latest checkpoint)",
-                    flag_values=flag_values)
-  try:
-    flag_values(argv)
-  except flags.Error as error:
-    print(f"error: {error}", file=sys.stderr)
-    return 2
-  except (KeyError, AttributeError) as error:  # an override names a key the config lacks
-    keys = [a.split("=", 1)[0][2:] for a in argv if a.startswith("--config.")]
-    text = str(error.args[0] if error.args else error).replace("\\n", "\n")
-    hint = _closest_keys(argv) or text.splitlines()[-1].strip("'\\\" ")
-    print(f"error: a config override names a key the config does not have "
-          f"({', '.join(keys)}): {hint}", file=sys.stderr)
-    return 2
-  if flag_values.config is None or flag_values.workdir is None:
-    print("error: train needs --config FILE and --workdir DIR", file=sys.stderr)
-    return 2
+  from glofnd_jax.config import overrides
+  # --noevaluate: absl's spelling, kept for scripts written against earlier versions.
+  argv = ["--no-evaluate" if a == "--noevaluate" else a for a in argv]
+  rest, config_overrides = overrides.split_overrides(argv)
+  args = train_parser().parse_args(rest)
+  config = overrides.load(args.config)
+  overrides.apply(config, config_overrides)
   from glofnd_jax.training import loop
-  loop.train_and_evaluate(flag_values.config, flag_values.workdir,
-                           evaluate=flag_values.evaluate)
+  loop.train_and_evaluate(config, args.workdir, evaluate=args.evaluate)
   return 0
 
 
 def _eval(argv) -> int:
-  flag_values = flags.FlagValues()
-  flags.DEFINE_string("workdir", None, "the run's directory", flag_values=flag_values)
-  flag_values(["glofnd-jax eval", *argv])
-  if flag_values.workdir is None:
-    print("error: eval needs --workdir DIR", file=sys.stderr)
-    return 2
+  args = eval_parser().parse_args(argv)
   from glofnd_jax.training import loop
-  loop.evaluate_workdir(flag_values.workdir)
+  loop.evaluate_workdir(args.workdir)
   return 0
+
+
+def _module_main(module: str, function: str = "main"):
+  def run(argv) -> int:
+    status = getattr(importlib.import_module(module), function)(argv)
+    return status if isinstance(status, int) else 0  # demo returns its rows
+  return run
+
+
+COMMANDS = {
+    "train": _train,
+    "eval": _eval,
+    "convert-folder": _module_main("glofnd_jax.data.folder"),
+    "validate-shards": _module_main("glofnd_jax.data.pairs.shard_tools", "validate_main"),
+    "rekey-shards": _module_main("glofnd_jax.data.pairs.shard_tools", "rekey_main"),
+    "train-tokenizer": _module_main("glofnd_jax.data.tokenizer"),
+    "demo": _module_main("glofnd_jax.demo"),
+}
 
 
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else list(argv)
-  if not argv or argv[0] in ("-h", "--help"):
-    print(_usage())
+  debug = "--debug" in argv
+  options = []
+  while argv and argv[0].startswith("-"):  # options before the command
+    options.append(argv.pop(0))
+  if not argv or "-h" in options or "--help" in options or "--version" in options:
+    parser = top_parser()
+    try:
+      parser.parse_args(options)
+    except SystemExit as exit_:
+      return exit_.code or 0
+    parser.print_help()
     return 0
-  command, rest = argv[0], argv[1:]
-  if command == "train":
-    return _train(rest)
-  if command == "eval":
-    return _eval(rest)
-  if command == "convert-folder":
-    from glofnd_jax.data import folder
-    return folder.main(rest) or 0
-  if command == "validate-shards":
-    from glofnd_jax.data.pairs import shard_tools
-    return shard_tools.validate_main(rest)
-  if command == "rekey-shards":
-    from glofnd_jax.data.pairs import shard_tools
-    return shard_tools.rekey_main(rest)
-  if command == "train-tokenizer":
-    from glofnd_jax.data import tokenizer
-    return tokenizer.main(rest)
-  if command == "demo":
-    from glofnd_jax import demo
-    demo.main(rest)
-    return 0
-  print(_usage())
-  print(f"\nerror: unknown command {command!r}", file=sys.stderr)
-  return 2
+  command = argv[0]
+  # train and eval list --debug in their help; the other commands' parsers do not know it.
+  rest = [a for a in argv[1:] if a != "--debug" or command in ("train", "eval")]
+  if command not in COMMANDS:
+    print(f"error: unknown command {command!r}; choose one of {', '.join(COMMANDS)} "
+          "(`glofnd-jax --help` describes them)", file=sys.stderr)
+    return 2
+  try:
+    return COMMANDS[command](rest)
+  except SystemExit as exit_:  # argparse: --help (0) or a usage error (2), already printed
+    return exit_.code if isinstance(exit_.code, int) else 0
+  except Exception as error:  # pylint: disable=broad-except  # sorted into input mistakes/crashes
+    if debug or not errors.is_user_error(error):
+      raise
+    print(f"error: {errors.one_line(error)}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

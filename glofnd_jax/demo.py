@@ -9,7 +9,6 @@ on two CPU cores: ``glofnd-jax demo`` (``python -m glofnd_jax.demo``).
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import flax.linen as nn
@@ -19,6 +18,7 @@ import numpy as np
 import optax
 
 import glofnd_jax as gj
+from glofnd_jax import arguments
 
 
 class MLP(nn.Module):
@@ -111,7 +111,7 @@ def run(mode: str, args) -> dict:
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = arguments.ArgumentParser(prog="glofnd-jax demo", description=__doc__.splitlines()[0])
   parser.add_argument("--num-samples", type=int, default=2048)
   parser.add_argument("--num-classes", type=int, default=10)
   parser.add_argument("--dim", type=int, default=16)

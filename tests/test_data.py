@@ -94,7 +94,7 @@ def test_convert_folder(tmp_path):
           src / name / f"{k}.png")
   (src / "dog" / "notes.txt").write_text("not an image")
 
-  info = folder.convert_folder(src, tmp_path / "enc")
+  info = folder.convert_folder(src, tmp_path / "enc", split="train")
   assert info.class_names == ["cat", "dog"] and info.splits == {"train": 3}
   assert info.encoding == "encoded" and info.image_shape is None
   source = records.ArrayRecordImageSource(tmp_path / "enc", "train")

@@ -8,7 +8,7 @@ Layers, lowest first (a module may import its own layer and the ones below):
   2 data/models data.*, models.*
   3 tools       evaluation.* and the training building blocks (step, nonfinite, optim,
                 checkpoint, preemption, metrics, plots): no config, no task, no loop
-  4 config      config.*
+  4 config      config.*, recipes.* (the config files installed with the package)
   5 tasks       training.task, training.unimodal, training.image_text, training.loop
   6 entry       cli, demo
 
@@ -37,7 +37,7 @@ def layer(module: str) -> int:
     return 6
   if module in TASK_MODULES or module == "glofnd_jax.training":
     return 5
-  if top == "config":
+  if top in ("config", "recipes"):
     return 4
   if top in ("evaluation", "training"):
     return 3

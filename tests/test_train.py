@@ -12,7 +12,8 @@ from glofnd_jax import cli
 from glofnd_jax.config.common import load_config_file
 from glofnd_jax.training import loop
 
-CONFIGS = sorted((pathlib.Path(__file__).resolve().parent.parent / "configs").glob("*.py"))
+CONFIGS = sorted(p for p in (pathlib.Path(__file__).resolve().parent.parent / "configs").glob("*.py")
+                 if not p.name.startswith("_"))  # __init__.py makes the recipes a package
 DIGITS = next(p for p in CONFIGS if p.stem == "digits_sogclr_glofnd")
 
 

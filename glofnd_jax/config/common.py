@@ -13,7 +13,7 @@ import pathlib
 
 import ml_collections
 
-from glofnd_jax import detection, thresholds, treatments
+from glofnd_jax import detection, errors, thresholds, treatments
 from glofnd_jax.training import nonfinite as nonfinite_lib
 
 
@@ -64,13 +64,16 @@ def glofnd_section(**overrides) -> ml_collections.ConfigDict:
   g.quantile_metric = False    # log batch_quantile_mean in every mode (a top_k per step)
   g.treatment = "remove"       # remove | attract (flagged -> positives) | reweight (soft weights)
   g.tau_w = 0.05               # reweight: w_ij = sigmoid((lambda_i - s_ij) / tau_w)
+  # A start epoch >= epochs is refused before training (GloFND would never act); True trains
+  # so anyway, with a warning (e.g. a short smoke run of a long recipe).
+  g.allow_late_start = False
   _override(g, overrides, "glofnd_section (glofnd.*)")
   return g
 
 
 def _require(condition: bool, field: str, value, fix: str) -> None:
   if not condition:
-    raise ValueError(f"config.{field}={value!r} is invalid: {fix}")
+    raise errors.ConfigError(f"config.{field}={value!r} is invalid: {fix}")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -148,7 +151,7 @@ def check_known_keys(config: ml_collections.ConfigDict, schema: ml_collections.C
       close = difflib.get_close_matches(key, list(schema.keys()), n=1)
       hint = f"did you mean config.{prefix}{close[0]}?" if close else (
           f"known keys here: {', '.join(sorted(schema.keys()))}.")
-      raise ValueError(f"config.{field} is not a known config key (value {config[key]!r}): "
+      raise errors.ConfigError(f"config.{field} is not a known config key (value {config[key]!r}): "
                        f"{hint} Every key is listed in glofnd_jax/config/unimodal.py:base_config() "
                        "(image-text: glofnd_jax/config/image_text.py).")
     if isinstance(config[key], ml_collections.ConfigDict) and isinstance(
@@ -170,16 +173,20 @@ def threshold_config(config) -> thresholds.ThresholdConfig:
 def load_config_file(path, arg: str | None = None) -> ml_collections.ConfigDict:
   """``get_config()`` (or ``get_config(arg)``) of the config file at ``path``.
 
-  The one way the package, its tests and benchmarks read a recipe by path (the command line goes
-  through ``ml_collections.config_flags``, which does the same). Errors name the file and the fix.
+  The one way the package, the command line (:mod:`glofnd_jax.config.overrides`), tests and
+  benchmarks read a recipe by path. Errors name the file and the fix.
   """
   path = pathlib.Path(path)
   if not path.is_file():
-    raise FileNotFoundError(f"config file {str(path)!r} does not exist: pass a file from configs/.")
+    raise errors.MissingFileError(f"config file {str(path)!r} does not exist: pass a config file "
+                                  "or the name of a recipe in glofnd_jax/recipes/.")
   spec = importlib.util.spec_from_file_location(path.stem, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   if not hasattr(module, "get_config"):
-    raise ValueError(f"config file {str(path)!r} defines no get_config(): a config file is a "
-                     "Python module whose get_config() returns an ml_collections.ConfigDict.")
+    raise errors.ConfigError(
+        f"config file {str(path)!r} has no get_config(): a config file is a Python module whose "
+        "get_config() returns an ml_collections.ConfigDict. Add `def get_config():` returning "
+        "e.g. glofnd_jax.config.unimodal.base_config() with your changes (see the recipes in "
+        "glofnd_jax/recipes/).")
   return module.get_config(arg) if arg else module.get_config()

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from glofnd_jax import errors
+
 RESIZE_MODES = ("center_crop", "stretch")
 
 
@@ -98,7 +100,14 @@ class DecodeAndResize:
     self.resize_mode = resize_mode
 
   def __call__(self, record: dict[str, Any]) -> dict[str, Any]:
-    image = decode_image(record["image"], self.channels)
+    try:
+      image = decode_image(record["image"], self.channels)
+    except Exception as error:  # pylint: disable=broad-except  # named by index and file
+      source = record.get("source")
+      raise errors.DataError(
+          f"record {int(record['index'])} ({f'from {source}' if source else 'no source file'}) "
+          f"does not decode: {errors.one_line(error)}. Convert the data again with `glofnd-jax "
+          "convert-folder` (it verifies every image and skips or names bad files).") from error
     if self.image_size is not None:
       image = resize_image(image, self.image_size, self.resize_mode)
     return {"image": image, "label": np.int32(record["label"]), "index": np.int32(record["index"])}

@@ -7,7 +7,8 @@ Layout of a dataset directory::
 
 A record is a msgpack map ``{'image': bytes, 'label': int}`` plus ``'shape': [H, W, C]`` when the
 bytes are a raw uint8 array (C order); without ``'shape'`` the bytes are an encoded image file
-(PNG, JPEG, anything Pillow opens), decoded later in the input pipeline. Reading needs no
+(PNG, JPEG, anything Pillow opens), decoded later in the input pipeline. ``'source'`` (optional)
+is the file the record was converted from, named when the record fails to decode. Reading needs no
 TensorFlow: :class:`ArrayRecordImageSource` wraps ``grain.sources.ArrayRecordDataSource``.
 
 The metadata file is written last, so its presence (with a matching record count, see
@@ -77,16 +78,18 @@ def split_path(data_dir: str | os.PathLike, split: str) -> pathlib.Path:
   return pathlib.Path(data_dir) / f"{split}.array_record"
 
 
-def encode_record(image: np.ndarray | bytes, label: int) -> bytes:
+def encode_record(image: np.ndarray | bytes, label: int, source: str | None = None) -> bytes:
   """Serialises one example.
 
   Args:
     image: a uint8 array ``(H, W)`` or ``(H, W, C)`` (stored raw; ``(H, W)`` gets ``C = 1``), or
       the bytes of an encoded image file (stored as is).
     label: integer class label.
+    source: the file it came from (kept to name it in errors), or None.
   """
+  named = {} if source is None else {"source": str(source)}
   if isinstance(image, (bytes, bytearray)):
-    return msgpack.packb({"image": bytes(image), "label": int(label)})
+    return msgpack.packb({"image": bytes(image), "label": int(label), **named})
   image = np.asarray(image)
   if image.dtype != np.uint8:
     raise ValueError(f"raw images must be uint8, got {image.dtype}.")
@@ -95,20 +98,22 @@ def encode_record(image: np.ndarray | bytes, label: int) -> bytes:
   if image.ndim != 3:
     raise ValueError(f"raw images must be (H, W) or (H, W, C), got shape {image.shape}.")
   return msgpack.packb({"image": np.ascontiguousarray(image).tobytes(), "label": int(label),
-                        "shape": list(image.shape)})
+                        "shape": list(image.shape), **named})
 
 
 def decode_record(data: bytes) -> dict[str, Any]:
   """Inverse of :func:`encode_record`.
 
   Returns:
-    ``{'image': uint8 (H, W, C) array (raw) or bytes (encoded file), 'label': int}``.
+    ``{'image': uint8 (H, W, C) array (raw) or bytes (encoded file), 'label': int}``, and
+    ``'source'`` when the record names its file.
   """
   obj = msgpack.unpackb(data)
   image = obj["image"]
   if "shape" in obj:
     image = np.frombuffer(image, np.uint8).reshape(obj["shape"])
-  return {"image": image, "label": int(obj["label"])}
+  named = {"source": obj["source"]} if "source" in obj else {}
+  return {"image": image, "label": int(obj["label"]), **named}
 
 
 def write_split(data_dir: str | os.PathLike, split: str,
@@ -118,8 +123,9 @@ def write_split(data_dir: str | os.PathLike, split: str,
   Args:
     data_dir: dataset directory (created if missing).
     split: split name, e.g. ``'train'``.
-    examples: ``(image, label)`` pairs; see :func:`encode_record` for the image forms. Their order
-      is the record order, i.e. each example's global index within the split.
+    examples: ``(image, label)`` pairs or ``(image, label, source file)`` triples; see
+      :func:`encode_record`. Their order is the record order, i.e. each example's global index
+      within the split.
 
   Returns:
     The number of records written.
@@ -130,12 +136,16 @@ def write_split(data_dir: str | os.PathLike, split: str,
   writer = array_record_module.ArrayRecordWriter(str(tmp), _WRITER_OPTIONS)
   count = 0
   try:
-    for image, label in examples:
-      writer.write(encode_record(image, label))
-      count += 1
-  finally:
-    writer.close()
-  os.replace(tmp, path)
+    try:
+      for example in examples:
+        writer.write(encode_record(*example))
+        count += 1
+    finally:
+      writer.close()
+    os.replace(tmp, path)
+  except BaseException:
+    tmp.unlink(missing_ok=True)  # a failed write leaves nothing behind
+    raise
   return count
 
 

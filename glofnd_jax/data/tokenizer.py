@@ -16,12 +16,13 @@ Train one on a caption set::
 
 from __future__ import annotations
 
-import argparse
 import os
 import pathlib
 from typing import Iterable, Sequence
 
 import numpy as np
+
+from glofnd_jax import arguments
 
 PAD_TOKEN = "<pad>"
 SOT_TOKEN = "<start_of_text>"
@@ -151,15 +152,15 @@ def captions_from_shards(shards, caption_field: str = "caption") -> Iterable[str
 
 def main(argv: Sequence[str] | None = None) -> int:
   """``glofnd-jax train-tokenizer``."""
-  parser = argparse.ArgumentParser(prog="glofnd-jax train-tokenizer",
+  parser = arguments.ArgumentParser(prog="glofnd-jax train-tokenizer",
                                    description="Train a byte-level BPE caption tokenizer.")
   source = parser.add_mutually_exclusive_group(required=True)
   source.add_argument("--captions", help="a text file with one caption per line")
   source.add_argument("--shards", help="webdataset shards, e.g. 'data/{00000..00009}.tar'")
-  parser.add_argument("--caption_field", default="caption", help="json caption field (shards)")
+  parser.add_argument("--caption-field", default="caption", help="json caption field (shards)")
   parser.add_argument("--out", required=True, help="the tokenizer.json to write")
-  parser.add_argument("--vocab_size", type=int, default=CLIP_VOCAB_SIZE)
-  parser.add_argument("--min_frequency", type=int, default=2)
+  parser.add_argument("--vocab-size", type=int, default=CLIP_VOCAB_SIZE)
+  parser.add_argument("--min-frequency", type=int, default=2)
   args = parser.parse_args(argv)
   if args.captions:
     path = pathlib.Path(args.captions)

@@ -112,7 +112,7 @@ def evaluate_clip_run(run, state) -> dict:
   """Evaluate ``state`` of an image-text task (:class:`~glofnd_jax.training.image_text.ClipRun`);
   write and print results."""
   c = run.config
-  test_source, _ = run.open_split("test")
+  test_source, _ = run.open_test_pairs()
   embed = pair_embedder(run)
   test = embed_pairs(run, state, test_source, embed) if test_source is not None else None
   retrieved = None

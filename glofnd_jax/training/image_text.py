@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from glofnd_jax import augment as augment_lib
-from glofnd_jax import distributed, per_sample, sharding
+from glofnd_jax import distributed, errors, per_sample, sharding
 from glofnd_jax.config import image_text as image_text_config
 from glofnd_jax.config import unimodal as unimodal_config
 from glofnd_jax.data.pairs.pipeline import make_pair_iterator
@@ -115,6 +115,26 @@ class ClipRun(task_lib.Task):
       print(f"{role} split {split!r}: skipped bad samples {skipped} (of "
             f"{report['num_samples']}), e.g. {'; '.join(examples)}")
     return screened.source, report
+
+  def preflight(self, evaluate: bool = True) -> list[str]:
+    """The schedule, and (``evaluate``) the held-out pairs the retrieval evaluation reads: when
+    the config names them they must open and hold pairs (kept for the evaluation)."""
+    notes = super().preflight(evaluate)
+    if evaluate:
+      self._test_pairs = self.open_split("test")
+      source = self._test_pairs[0]
+      if source is not None and len(source) == 0:
+        raise errors.DataError(
+            f"config.data.test_split={self.config.data.test_split!r} holds no usable pairs: the "
+            "retrieval evaluation reads it. Point config.data.test_shards at held-out pairs, set "
+            "--config.data.test_split='' to skip it, or pass --no-evaluate.")
+    return notes
+
+  def open_test_pairs(self):
+    """The test pairs of :meth:`open_split` (opened once: preflight keeps them)."""
+    if getattr(self, "_test_pairs", None) is None:
+      self._test_pairs = self.open_split("test")
+    return self._test_pairs
 
   def _tokenizer(self) -> tokenizer_lib.ClipTokenizer:
     t = self.config.tokenizer

@@ -26,10 +26,10 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from glofnd_jax import distributed
+from glofnd_jax import distributed, errors
 from glofnd_jax.data.iterators import DevicePrefetch
 from glofnd_jax.training import nonfinite as nonfinite_lib
-from glofnd_jax.training import plots, preemption
+from glofnd_jax.training import plots, preemption, preflight
 from glofnd_jax.training import task as task_lib
 from glofnd_jax.training.metrics import MetricWriter
 
@@ -56,7 +56,7 @@ def lock_workdir(workdir: pathlib.Path):
     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
   except OSError:
     handle.close()
-    raise RuntimeError(f"{workdir} is in use by another run (it holds {workdir / LOCK_FILE}); "
+    raise errors.WorkdirError(f"{workdir} is in use by another run (it holds {workdir / LOCK_FILE}); "
                        "wait for that run to end, or use another --workdir.") from None
   return handle
 
@@ -74,7 +74,7 @@ def write_status(workdir: pathlib.Path, status: str, step: int, total_steps: int
 def load_config(workdir) -> ml_collections.ConfigDict:
   path = pathlib.Path(workdir) / CONFIG_FILE
   if not path.exists():
-    raise FileNotFoundError(f"{path} does not exist: is {workdir} the work directory of a "
+    raise errors.MissingFileError(f"{path} does not exist: is {workdir} the work directory of a "
                             "`glofnd-jax train` run?")
   return ml_collections.ConfigDict(json.loads(path.read_text()))
 
@@ -90,7 +90,7 @@ def host_array(x) -> np.ndarray:
 def open_workdir(workdir) -> pathlib.Path:
   """The run directory as a local path (created); URLs are refused with the fix."""
   if "://" in str(workdir):
-    raise ValueError(
+    raise errors.ConfigError(
         f"--workdir={str(workdir)!r} is a URL, but the run directory is written with file system "
         "calls (a local gs:/... directory would be created instead). Mount the bucket on every "
         "host (e.g. gcsfuse) or use a shared filesystem, and pass that path; see "
@@ -111,11 +111,13 @@ def restore_or_init(run, checkpointer, iterator):
 
 
 def describe(run) -> str:
-  """The header line: what is trained, on what, for how long, where."""
+  """The header line: what is trained, on what (image size, channels, augmentation), for how
+  long, with which detection schedule, where."""
   c = run.config
-  return (f"training {c.model.name} ({c.get('task', 'unimodal')}, detection {c.glofnd.mode}) on "
-          f"{c.data.name}: {run.num_samples} samples, batch {run.batch}, {c.epochs} epochs "
-          f"({run.total_steps} steps) on {run.mesh.devices.size} device(s)")
+  return (f"training {c.model.name} ({c.get('task', 'unimodal')}) on {c.data.name}: "
+          f"{run.num_samples} samples, {run.describe_data()}, batch {run.batch}, {c.epochs} "
+          f"epochs ({run.total_steps} steps) on {run.mesh.devices.size} device(s); "
+          f"{preflight.detection_schedule(c.glofnd, c.epochs)}")
 
 
 class Outputs:
@@ -218,17 +220,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, evaluate: 
   guard = preemption.PreemptionGuard().install()
   checkpointer = lock = None
   try:
-    workdir = open_workdir(workdir)
-    lock = lock_workdir(workdir)
-    run = task_lib.build_run(config, workdir)
-    iterator, checkpointer = run.iterator(), run.checkpointer()
-    state, first = restore_or_init(run, checkpointer, iterator)
+    with errors.setup_phase():  # an error here is about the input: the CLI prints one line
+      workdir = open_workdir(workdir)
+      lock = lock_workdir(workdir)
+      run = task_lib.build_run(config, workdir)
+      notes = run.preflight(evaluate=evaluate)
+      iterator, checkpointer = run.iterator(), run.checkpointer()
+      state, first = restore_or_init(run, checkpointer, iterator)
     save_config(config, workdir)  # only once the resume check passed: a refused run writes none
     last = min(run.total_steps, first + stop_after_steps) if stop_after_steps else run.total_steps
     if guard.mode == "signal" and guard.should_stop(first):
       preempted, last = True, first
     else:
       print(describe(run))
+      for line in notes:
+        print(line)
       state, last, preempted = run_steps(run, state, iterator, checkpointer, guard, first, last)
   finally:
     if checkpointer is not None:
@@ -267,11 +273,14 @@ def evaluate_workdir(workdir) -> dict:
   """``glofnd-jax eval``: rebuild the run from its saved config, restore, and evaluate."""
   distributed.initialize()
   workdir = pathlib.Path(workdir)
-  run = task_lib.build_run(load_config(workdir), workdir)
-  checkpointer = run.checkpointer()
-  try:
-    state, step = checkpointer.restore(run.init_state())
-  finally:
-    checkpointer.close()
+  with errors.setup_phase():
+    run = task_lib.build_run(load_config(workdir), workdir)
+    for line in run.preflight(evaluate=True):
+      print(line)
+    checkpointer = run.checkpointer()
+    try:
+      state, step = checkpointer.restore(run.init_state())
+    finally:
+      checkpointer.close()
   print(f"evaluating step {step} of {workdir}")
   return run.evaluate(state)

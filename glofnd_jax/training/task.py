@@ -27,6 +27,7 @@ from glofnd_jax import augment as augment_lib
 from glofnd_jax import sharding
 from glofnd_jax.data import pipeline
 from glofnd_jax.training import checkpoint as checkpoint_lib
+from glofnd_jax.training import preflight as preflight_lib
 from glofnd_jax.training import step as step_lib
 
 # config.task -> "module:class" of the task (imported on use: a unimodal run never imports the
@@ -88,6 +89,18 @@ class Task:
         fingerprint=checkpoint_lib.config_fingerprint(self.config, self.num_samples),
         position_is_global=True, on_restore=self.on_restore,
         may_change=("seed",) if self.config.get("allow_seed_change", False) else ())
+
+  def preflight(self, evaluate: bool = True) -> list[str]:
+    """Checks before the first step (:mod:`glofnd_jax.training.preflight`): raises for what
+    would fail later, returns the lines to print (warnings, announced conversions). Tasks add
+    their data and evaluation checks; ``evaluate=False`` skips those of the evaluation."""
+    del evaluate
+    return preflight_lib.check_schedule(self.config.glofnd, self.config.epochs)
+
+  def describe_data(self) -> str:
+    """The header's data phrase: images, augmentation (tasks without images override it)."""
+    d, a = self.config.data, self.config.augment
+    return (f"{d.image_size}x{d.image_size}x{d.channels} images, augmentation {a.kind}")
 
   def learned_thresholds(self, state):
     """The per-sample threshold states (one per alpha), ``None`` for modes without them."""

@@ -8,11 +8,12 @@ import pathlib
 import ml_collections
 
 from glofnd_jax import augment as augment_lib
-from glofnd_jax import data, distributed, models, per_sample
+from glofnd_jax import data, distributed, errors, models, per_sample
 from glofnd_jax.config import common as config_common
 from glofnd_jax.config import unimodal as unimodal_config
 from glofnd_jax.evaluation import unimodal as unimodal_eval
 from glofnd_jax.training import optim
+from glofnd_jax.training import preflight as preflight_lib
 from glofnd_jax.training import step as train_step_lib
 from glofnd_jax.training import task as task_lib
 
@@ -62,6 +63,31 @@ class UnimodalRun(task_lib.Task):
       kind = FileNotFoundError if isinstance(error, FileNotFoundError) else ValueError
       raise kind(f"cannot open split {split!r} of config.data.name={d.name!r} "
                  f"(config.data.data_dir={d.data_dir!r}): {error}") from error
+
+  def preflight(self, evaluate: bool = True) -> list[str]:
+    """The schedule, the train images against the config, and (``evaluate``) every split and
+    label the evaluation reads: what would fail after training fails now."""
+    notes = super().preflight(evaluate)
+    d = self.config.data
+    note = preflight_lib.image_note(self.source, d.image_size, d.channels, d.train_split)
+    notes += [note] if note else []
+    if not evaluate:
+      return notes
+    evaluated = {"data.test_split": d.test_split, "data.val_split": d.val_split}
+    counts = {}
+    for field, split in evaluated.items():
+      if split:
+        why = "the kNN and linear-probe test" if "test" in field else "the probes' C selection"
+        source = preflight_lib.open_nonempty(self.open_split, field, split, why)
+        counts[field] = preflight_lib.label_counts(source, split)
+    if not d.test_split:
+      raise errors.ConfigError(
+          "config.data.test_split is '' but the evaluation reports test accuracy: name the test "
+          "split, or pass --no-evaluate to train without the evaluation.")
+    preflight_lib.check_labels(preflight_lib.label_counts(self.source, d.train_split), counts,
+                               list(getattr(self.source, "class_names", []) or []),
+                               hold_out_val=not d.val_split)
+    return notes
 
   def iterator(self):
     c = self.config

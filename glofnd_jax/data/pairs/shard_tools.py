@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from glofnd_jax import arguments
 from glofnd_jax.data.pairs.contract import MAX_KEY
 from glofnd_jax.data.pairs.screening import screen_samples
 from glofnd_jax.data.pairs.shards import (MISSING, ShardWriter, expand_shards, index_shards,
@@ -230,9 +231,9 @@ def rekey_shards(shards: str | Sequence[str], out_dir: str | os.PathLike, *,
 
 def _parser(command: str, description: str, shards_help: str) -> argparse.ArgumentParser:
   """What both commands take: a shard pattern and the json key field."""
-  parser = argparse.ArgumentParser(prog=f"glofnd-jax {command}", description=description)
+  parser = arguments.ArgumentParser(prog=f"glofnd-jax {command}", description=description)
   parser.add_argument("shards", help=shards_help)
-  parser.add_argument("--key_field", default="key")
+  parser.add_argument("--key-field", default="key")
   return parser
 
 
@@ -252,13 +253,13 @@ def validate_main(argv: Sequence[str] | None = None) -> int:
       "validate-shards",
       "Check webdataset shards for damage (cut short, unreadable, not matching their manifest) "
       "and against the index contract (unique integer keys, in range), and report holes, "
-      "unusable samples and (--verify_images) bad images and empty captions, each with its shard "
+      "unusable samples and (--verify-images) bad images and empty captions, each with its shard "
       "and key.",
       "shard pattern: 'data/{00000..00009}.tar', 'data/*.tar'")
-  parser.add_argument("--caption_field", default="caption")
-  parser.add_argument("--label_field", default="label")
-  parser.add_argument("--data_size", type=int, default=None, help="keys must be below this")
-  parser.add_argument("--verify_images", action="store_true", help="decode every image (slow)")
+  parser.add_argument("--caption-field", default="caption")
+  parser.add_argument("--label-field", default="label")
+  parser.add_argument("--data-size", type=int, default=None, help="keys must be below this")
+  parser.add_argument("--verify-images", action="store_true", help="decode every image (slow)")
   parser.add_argument("--workers", type=int, default=4)
   parser.add_argument("--json", default=None, help="also write the full report to this file")
   args = parser.parse_args(argv)
