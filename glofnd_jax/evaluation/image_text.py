@@ -148,7 +148,7 @@ def evaluate_clip_run(run, state) -> dict:
                             for k in ("unusable", "empty_captions", "bad_images")},
       "temperature": float(1.0 / np.exp(np.asarray(jax.device_get(state.params["logit_scale"])))),
       "train_detector_last_epoch": ev.last_epoch_detector(
-          run.workdir, run.steps_per_epoch, sides=("img/", "txt/"), present="img/kept_fraction")}
+          run.workdir, run.steps_per_epoch, sides=run.detector_sides, name_sides=True)}
   results = ev.build_results(retrieval=retrieved, zero_shot=zero_shot_result,
                              false_negatives=false_negatives, meta=meta)
   ev.write_and_print(results, run.workdir)

@@ -139,20 +139,20 @@ class Outputs:
                                       "images_per_sec": images_per_sec})
     if self.monitor.policy == "stop" and not self.monitor.seen_flags:
       nonfinite_lib.check_logged_means(values, done)
-    self.bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{images_per_sec:.0f}")
+    self.bar.set_postfix(loss=f"{values['train/loss']:.4f}", img_s=f"{images_per_sec:.0f}")
 
   def snapshot(self, done: int, state) -> None:
     """At epoch ends (every ``lambda_snapshot_every_epochs`` and the last): lambda histogram."""
     run = self.run
-    thresholds = run.thresholds_for_snapshot(state)
-    if thresholds is None or done % run.steps_per_epoch:
+    if done % run.steps_per_epoch:
       return
     epoch = done // run.steps_per_epoch
     if epoch % run.config.lambda_snapshot_every_epochs == 0 or done == run.total_steps:
-      lam = host_array(thresholds)[:run.num_samples]
-      self.writer.histogram(done, "lambda", lam)
-      if jax.process_index() == 0:
-        plots.save_lambda_snapshot(run.workdir, epoch, lam)
+      for side, thresholds in run.thresholds_for_snapshot(state).items():
+        lam = host_array(thresholds)[:run.num_samples]
+        self.writer.histogram(done, f"detector/{side}/lambda", lam)
+        if jax.process_index() == 0:
+          plots.save_lambda_snapshot(run.workdir, epoch, lam, side)
 
   def close(self) -> None:
     self.bar.close()
@@ -249,7 +249,7 @@ def finish(run, state, last: int, preempted: bool, reason, evaluate: bool) -> di
           "; run the same command again to resume.", flush=True)
     return {}
   if jax.process_index() == 0:
-    plots.plot_run(run.workdir)
+    plots.plot_run(run.workdir, run.plot_spec())
   if not evaluate or last < run.total_steps:
     return {}
   if jax.process_count() > 1:

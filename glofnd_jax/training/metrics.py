@@ -2,6 +2,18 @@
 
 Only process 0 writes. Values are converted to Python floats on the host at log time (the
 train loop calls :meth:`write` every ``log_every_steps``, so the device is synchronised rarely).
+
+Logged names are namespaced (:func:`logged_name`), the same in ``metrics.jsonl`` and TensorBoard:
+
+* ``train/...``: the optimisation (``loss``, ``lr``, ``grad_norm``, ``epoch``, ``u_mean``,
+  ``logit_scale``, ``images_per_sec``, ``skipped_batches``, ...).
+* ``detector/img/...``, ``detector/txt/...``: the false-negative detector of the image and the
+  text anchors (a unimodal run has image anchors only): ``kept_fraction``, ``flagged_fraction``,
+  ``lambda_mean``, ``fn_precision``, ``fn_recall``, ...; several alphas add ``@alpha``.
+* ``nonfinite/...``: the step's non-finite flags (taken out before logging).
+* ``eval/...``: the end-of-run evaluation (TensorBoard only; ``results.json`` holds it all).
+
+An undefined value (precision when nothing is flagged) is NaN, ``NaN`` in ``metrics.jsonl``.
 """
 
 from __future__ import annotations
@@ -12,6 +24,30 @@ import pathlib
 
 import jax
 import numpy as np
+
+
+# The functional core's detector diagnostics (glofnd_jax.detection, glofnd_jax.treatments), which
+# a unimodal objective returns unprefixed and an image-text one under ``img/`` and ``txt/``.
+DETECTOR_METRICS = ("kept_fraction", "flagged_fraction", "fn_precision", "fn_recall",
+                    "lambda_mean", "batch_quantile_mean", "weight_mean", "attracted_fraction")
+DETECTOR_SIDES = ("img", "txt")
+NAMESPACES = ("train/", "detector/", "nonfinite/", "eval/")
+
+
+def logged_name(name: str) -> str:
+  """The namespaced name under which step metric ``name`` is logged (see the module docstring)."""
+  if name.startswith(NAMESPACES):
+    return name
+  if name.split("/", 1)[0] in DETECTOR_SIDES:
+    return "detector/" + name
+  if name.split("@", 1)[0] in DETECTOR_METRICS:
+    return "detector/img/" + name
+  return "train/" + name
+
+
+def detector_prefix(side: str) -> str:
+  """``"detector/img/"`` for ``side="img"``: the prefix of one detector's logged metrics."""
+  return f"detector/{side}/"
 
 
 def cut_metrics(path: pathlib.Path, last_step: int) -> None:
@@ -61,8 +97,9 @@ class MetricWriter:
         self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"), purge_step=purge)
 
   def write(self, step: int, metrics: dict) -> dict:
-    """Log scalar ``metrics`` at ``step``; returns them as floats."""
-    values = {k: float(np.asarray(v)) for k, v in metrics.items() if np.ndim(v) == 0}
+    """Log scalar ``metrics`` under their :func:`logged_name`; returns them (floats) by it."""
+    values = {logged_name(k): float(np.asarray(v)) for k, v in metrics.items()
+              if np.ndim(v) == 0}
     if self.enabled:
       self._file.write(json.dumps({"step": int(step), **values}) + "\n")
       self._file.flush()
