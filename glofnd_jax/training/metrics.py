@@ -120,6 +120,27 @@ class MetricWriter:
 
 
 def read_metrics(workdir) -> list[dict]:
-  """All rows of ``workdir/metrics.jsonl``."""
+  """All rows of ``workdir/metrics.jsonl`` (``NaN`` entries read as ``float('nan')``)."""
   path = pathlib.Path(workdir) / "metrics.jsonl"
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_tensorboard_scalars(logdir) -> dict[str, list[tuple[int, float]]]:
+  """``{tag: [(step, value), ...]}`` of every scalar in the event files under ``logdir``.
+
+  Reads the TFRecord framing directly (length, its CRC, the ``Event`` proto, its CRC; the CRCs
+  are not checked), so neither TensorFlow nor the ``tensorboard`` package is needed.
+  """
+  from tensorboardX.proto import event_pb2
+  scalars: dict[str, list[tuple[int, float]]] = {}
+  for path in sorted(pathlib.Path(logdir).rglob("events.out.tfevents.*")):
+    data, offset = path.read_bytes(), 0
+    while offset + 12 <= len(data):
+      length = int.from_bytes(data[offset:offset + 8], "little")
+      record = data[offset + 12:offset + 12 + length]
+      offset += 12 + length + 4
+      event = event_pb2.Event.FromString(record)
+      for value in event.summary.value:
+        if value.HasField("simple_value"):
+          scalars.setdefault(value.tag, []).append((int(event.step), float(value.simple_value)))
+  return scalars
