@@ -11,7 +11,6 @@ Logged names are namespaced (:func:`logged_name`), the same in ``metrics.jsonl``
   text anchors (a unimodal run has image anchors only): ``kept_fraction``, ``flagged_fraction``,
   ``lambda_mean``, ``fn_precision``, ``fn_recall``, ...; several alphas add ``@alpha``.
 * ``nonfinite/...``: the step's non-finite flags (taken out before logging).
-* ``eval/...``: the end-of-run evaluation (TensorBoard only; ``results.json`` holds it all).
 
 An undefined value (precision when nothing is flagged) is NaN, ``NaN`` in ``metrics.jsonl``.
 """
