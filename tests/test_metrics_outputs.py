@@ -60,3 +60,15 @@ def test_lambda_histogram_is_drawn_on_the_occupied_range():
   assert 0.90 <= lo <= 0.91 and 0.95 <= hi <= 0.96  # not [-1, 1]
   lo, hi = plots.occupied_range(counts[:1], plots.LAMBDA_BINS)  # one peak: widened to 0.02
   assert hi - lo == pytest.approx(0.02) and lo < 0.91 < hi
+
+
+def test_evaluation_results_reach_tensorboard(tmp_path):
+  results = report.build_results(knn={"top1": 0.9, "k": 20},
+                                 false_negatives={"precision": None, "recall": 0.25},
+                                 meta={"num_train": 64})
+  metrics_lib.log_results(tmp_path, 8, results)
+  events = metrics_lib.read_tensorboard_scalars(tmp_path / "tensorboard")
+  assert events["eval/knn/top1"] == [(8, pytest.approx(0.9))]
+  assert events["eval/false_negatives/recall"] == [(8, 0.25)]
+  assert math.isnan(events["eval/false_negatives/precision"][0][1])
+  assert not any(tag.startswith("eval/meta") for tag in events)

@@ -30,7 +30,7 @@ from glofnd_jax import distributed
 from glofnd_jax.training import nonfinite as nonfinite_lib
 from glofnd_jax.training import plots, preemption
 from glofnd_jax.training import task as task_lib
-from glofnd_jax.training.metrics import MetricWriter
+from glofnd_jax.training.metrics import MetricWriter, log_results
 
 CONFIG_FILE = "config.json"
 # Written when training stops: {"status": "finished" | "preempted" | "stopped", "step": ...,
@@ -256,7 +256,9 @@ def finish(run, state, last: int, preempted: bool, reason, evaluate: bool) -> di
     print("evaluation runs in one process: run `glofnd-jax eval --workdir "
           f"{run.workdir}` on one host.", flush=True)
     return {}
-  return run.evaluate(state)
+  results = run.evaluate(state)
+  log_results(run.workdir, last, results)
+  return results
 
 
 def evaluate_workdir(workdir) -> dict:
@@ -270,4 +272,6 @@ def evaluate_workdir(workdir) -> dict:
   finally:
     checkpointer.close()
   print(f"evaluating step {step} of {workdir}")
-  return run.evaluate(state)
+  results = run.evaluate(state)
+  log_results(workdir, step, results)
+  return results

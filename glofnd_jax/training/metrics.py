@@ -11,6 +11,8 @@ Logged names are namespaced (:func:`logged_name`), the same in ``metrics.jsonl``
   text anchors (a unimodal run has image anchors only): ``kept_fraction``, ``flagged_fraction``,
   ``lambda_mean``, ``fn_precision``, ``fn_recall``, ...; several alphas add ``@alpha``.
 * ``nonfinite/...``: the step's non-finite flags (taken out before logging).
+* ``eval/...``: the end-of-run evaluation (TensorBoard only, :func:`log_results`;
+  ``results.json`` holds it all).
 
 An undefined value (precision when nothing is flagged) is NaN, ``NaN`` in ``metrics.jsonl``.
 """
@@ -116,6 +118,31 @@ class MetricWriter:
       self._file.close()
       if self._tb is not None:
         self._tb.close()
+
+
+def flat_numbers(results: dict, prefix: str = "eval/") -> dict[str, float]:
+  """Every number of a nested ``results`` dict as ``{prefix + "a/b/c": value}`` (``meta`` and
+  non-numbers left out; ``None``, an undefined value, becomes NaN)."""
+  out = {}
+  for key, value in results.items():
+    if key == "meta" and prefix == "eval/":
+      continue
+    if isinstance(value, dict):
+      out.update(flat_numbers(value, f"{prefix}{key}/"))
+    elif value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+      out[f"{prefix}{key}"] = float("nan") if value is None else float(value)
+  return out
+
+
+def log_results(workdir, step: int, results: dict) -> None:
+  """The end-of-run evaluation into TensorBoard as ``eval/...`` scalars at ``step`` (process 0;
+  ``results.json`` stays the full record)."""
+  if jax.process_index() != 0 or not results:
+    return
+  from tensorboardX import SummaryWriter
+  with SummaryWriter(str(pathlib.Path(workdir) / "tensorboard")) as tb:
+    for name, value in flat_numbers(results).items():
+      tb.add_scalar(name, value, int(step))
 
 
 def read_metrics(workdir) -> list[dict]:
