@@ -127,8 +127,10 @@ class Outputs:
     self.run = run
     self.writer = MetricWriter(run.workdir, first_step=first_step)
     self.monitor = nonfinite_lib.Monitor(run.config.get("nonfinite", "stop"))
+    # smoothing=0: the rate (and ETA) is the mean over the steps since restart_clock, so the
+    # first step's compilation does not stretch the estimate.
     self.bar = tqdm(total=last_step, initial=first_step, unit="step", dynamic_ncols=True,
-                    disable=jax.process_index() != 0, mininterval=2.0)
+                    disable=jax.process_index() != 0, mininterval=2.0, smoothing=0)
     self._tick, self._tick_step = time.perf_counter(), first_step
 
   def log(self, done: int, metrics: dict) -> None:
@@ -139,7 +141,17 @@ class Outputs:
                                       "images_per_sec": images_per_sec})
     if self.monitor.policy == "stop" and not self.monitor.seen_flags:
       nonfinite_lib.check_logged_means(values, done)
-    self.bar.set_postfix(loss=f"{values['train/loss']:.4f}", img_s=f"{images_per_sec:.0f}")
+    postfix = {"epoch": f"{done / self.run.steps_per_epoch:.1f}",
+               "loss": f"{values['train/loss']:.4f}"}
+    for name, short in (("kept_fraction", "kept"), ("lambda_mean", "lambda")):
+      if f"detector/img/{name}" in values:
+        postfix[short] = f"{values[f'detector/img/{name}']:.3f}"
+    postfix["img_s"] = f"{images_per_sec:.0f}"
+    self.bar.set_postfix(ordered_dict=postfix)  # in this order (keyword arguments are sorted)
+
+  def restart_clock(self) -> None:
+    """After the first (compiling) step: rate and ETA count only the steps from here on."""
+    self.bar.start_t, self.bar.initial = self.bar._time(), self.bar.n
 
   def snapshot(self, done: int, state) -> None:
     """At epoch ends (every ``lambda_snapshot_every_epochs`` and the last): lambda histogram."""
@@ -184,6 +196,8 @@ def run_steps(run, state, iterator, checkpointer, guard, first_step: int, last_s
       if save:
         checkpointer.save(done, state, iterator, force=True)
       outputs.bar.update(1)
+      if done == first_step + 1:
+        outputs.restart_clock()
       if preempted:
         return state, done, True
     if last_step > first_step:

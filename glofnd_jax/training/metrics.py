@@ -20,6 +20,7 @@ An undefined value (precision when nothing is flagged) is NaN, ``NaN`` in ``metr
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pathlib
 
@@ -93,6 +94,8 @@ class MetricWriter:
       self._file = self.path.open("a")
       if tensorboard:
         from tensorboardX import SummaryWriter  # no TensorFlow needed
+        # NaN is how an undefined value is logged on purpose; tensorboardX warns at each one.
+        logging.getLogger("tensorboardX.x2num").setLevel(logging.ERROR)
         # purge_step: TensorBoard discards the events of earlier files from that step on.
         purge = None if first_step is None else first_step + 1
         self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"), purge_step=purge)
