@@ -272,7 +272,18 @@ def finish(run, state, last: int, preempted: bool, reason, evaluate: bool) -> di
     return {}
   results = run.evaluate(state)
   log_results(run.workdir, last, results)
+  print_locations(run.workdir)
   return results
+
+
+def print_locations(workdir: pathlib.Path) -> None:
+  """Under the results table: where the results, plots and TensorBoard logs are (process 0)."""
+  if jax.process_index() != 0:
+    return
+  pngs = sorted(p.name for p in workdir.glob("*.png"))
+  print(f"results: {workdir / 'results.json'}\nplots:   {workdir}/{{{','.join(pngs)}}}\n"
+        f"logs:    {workdir / 'metrics.jsonl'}; tensorboard --logdir {workdir / 'tensorboard'}",
+        flush=True)
 
 
 def evaluate_workdir(workdir) -> dict:
@@ -288,4 +299,5 @@ def evaluate_workdir(workdir) -> dict:
   print(f"evaluating step {step} of {workdir}")
   results = run.evaluate(state)
   log_results(workdir, step, results)
+  print_locations(workdir)
   return results
