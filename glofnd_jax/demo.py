@@ -92,7 +92,8 @@ def run(mode: str, args) -> dict:
             "final_loss": float(history[-1]["loss"])}
   tail = history[-steps_per_epoch:]
   for key_name in ("fn_precision", "fn_recall", "kept_fraction"):
-    result[key_name] = float(np.mean([float(m[key_name]) for m in tail]))
+    # nanmean: precision is undefined (NaN) at steps where nothing was flagged.
+    result[key_name] = float(np.nanmean([float(m[key_name]) for m in tail]))
   if config.mode == "glofnd":
     # Exact dataset-wide quantile of each anchor's similarities to every other sample, on
     # augmented views (the distribution lambda is learned from during training).

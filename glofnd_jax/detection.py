@@ -135,11 +135,18 @@ def diagnostics_from_counts(negatives, kept, flagged, same=None, hits=None) -> d
   Args:
     negatives, kept, flagged: # negative pairs, # kept by the loss, # flagged by the detector.
     same, hits: with labels, # negatives sharing the anchor's label and # of those flagged.
+
+  ``fn_precision`` is NaN when nothing is flagged and ``fn_recall`` when no negative shares the
+  anchor's label: undefined, not 0 (a 0 would read as "every flag was wrong").
   """
   n_neg = jnp.maximum(negatives, 1).astype(jnp.float32)
   out = {"kept_fraction": kept / n_neg, "flagged_fraction": flagged / n_neg}
   if same is not None and hits is not None:
     hits = jnp.asarray(hits, jnp.float32)
-    out["fn_precision"] = hits / jnp.maximum(flagged, 1)
-    out["fn_recall"] = hits / jnp.maximum(same, 1)
+    out["fn_precision"] = _ratio_or_nan(hits, flagged)
+    out["fn_recall"] = _ratio_or_nan(hits, same)
   return out
+
+
+def _ratio_or_nan(numerator, denominator) -> jax.Array:
+  return jnp.where(denominator > 0, numerator / jnp.maximum(denominator, 1), jnp.nan)

@@ -52,11 +52,11 @@ def test_cc3m_configs_train_and_evaluate(name, tower, shards, tmp_path, capsys):
   saved = json.loads((tmp_path / "results.json").read_text())
   assert set(saved) == {"retrieval", "zero_shot", "false_negatives", "meta"}
   rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-  assert rows[-1]["step"] == 8 and all(np.isfinite(r["loss"]) for r in rows)
-  assert "img/lambda_mean" in rows[-1] and "txt/kept_fraction" in rows[-1]
-  assert "img/fn_precision" in rows[-1]  # labels known: the detector is judged in training
+  assert rows[-1]["step"] == 8 and all(np.isfinite(r["train/loss"]) for r in rows)
+  assert "detector/img/lambda_mean" in rows[-1] and "detector/txt/kept_fraction" in rows[-1]
+  assert "detector/img/fn_precision" in rows[-1]  # labels known: judged in training
   # Temperature: learned (v3) moves the logit scale, constant (v1) keeps 1/0.07 exactly.
-  scales = {r["logit_scale"] for r in rows}
+  scales = {r["train/logit_scale"] for r in rows}
   if config.loss.version == "v1":
     assert len(scales) == 1 and scales.pop() == pytest.approx(1 / 0.07)
   else:

@@ -433,14 +433,15 @@ def test_one_table_prints_image_text_sections_with_chance():
 
 
 def test_last_epoch_detector_averages_the_last_epoch(tmp_path):
-  rows = [{"step": s, "loss": 1.0} for s in (1, 2)]
-  rows += [{"step": s, "fn_precision": s / 10, "kept_fraction": 0.5, "img/fn_recall": 0.2,
-            "txt/fn_recall": 0.4, "img/kept_fraction": 0.9} for s in (3, 4, 5, 6)]
+  rows = [{"step": s, "train/loss": 1.0} for s in (1, 2)]
+  rows += [{"step": s, "detector/img/fn_precision": s / 10, "detector/img/kept_fraction": 0.5,
+            "detector/img/fn_recall": 0.2, "detector/txt/fn_recall": 0.4,
+            "detector/txt/kept_fraction": 0.9} for s in (3, 4, 5, 6)]
   (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
   assert evaluate.last_epoch_detector(tmp_path, 2) == pytest.approx(
-      {"fn_precision": 0.55, "kept_fraction": 0.5})  # steps 5 and 6
-  sides = evaluate.last_epoch_detector(tmp_path, 3, sides=("img/", "txt/"),
-                                       present="img/kept_fraction")
-  assert sides == pytest.approx({"img/fn_recall": 0.2, "img/kept_fraction": 0.9,
-                                 "txt/fn_recall": 0.4})
-  assert evaluate.last_epoch_detector(tmp_path, 2, present="nothing") == {}
+      {"fn_precision": 0.55, "kept_fraction": 0.5, "fn_recall": 0.2})  # steps 5 and 6
+  sides = evaluate.last_epoch_detector(tmp_path, 3, sides=("img", "txt"), name_sides=True)
+  assert sides == pytest.approx({"img/fn_precision": 0.5, "img/fn_recall": 0.2,
+                                 "img/kept_fraction": 0.5, "txt/fn_recall": 0.4,
+                                 "txt/kept_fraction": 0.9})
+  assert evaluate.last_epoch_detector(tmp_path, 2, sides=("nothing",)) == {}

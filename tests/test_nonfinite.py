@@ -173,8 +173,8 @@ def test_stop_names_step_and_array_and_keeps_the_last_good_checkpoint(tmp_path, 
 def test_skip_finishes_the_run_and_counts_the_batch(tmp_path, poisoned_task):
   loop.train_and_evaluate(_poisoned_config("skip"), tmp_path, evaluate=False)
   rows = metrics_lib.read_metrics(tmp_path)
-  assert rows[-1]["step"] == 12 and rows[-1]["skipped_batches"] == 1
-  assert all(r["skipped_batches"] == (r["step"] >= POISONED_STEP) for r in rows)
+  assert rows[-1]["step"] == 12 and rows[-1]["train/skipped_batches"] == 1
+  assert all(r["train/skipped_batches"] == (r["step"] >= POISONED_STEP) for r in rows)
   step, arrays = train_cli.read_state(tmp_path)
   assert step == 12 and int(arrays["skipped_batches"]) == 1
   assert all(np.isfinite(v).all() for v in arrays.values())

@@ -132,7 +132,7 @@ def test_lambda_snapshots_replace_later_epochs_and_survive_a_torn_file(tmp_path)
 
 def _logged(workdir) -> list[dict]:
   """metrics.jsonl rows without the timing column (the only non-deterministic one)."""
-  return [{k: v for k, v in row.items() if k != "images_per_sec"}
+  return [{k: v for k, v in row.items() if k != "train/images_per_sec"}
           for row in metrics_lib.read_metrics(workdir)]
 
 

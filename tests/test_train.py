@@ -65,7 +65,7 @@ def test_every_config_trains_and_evaluates(path, tmp_path):
   saved = json.loads((tmp_path / "config.json").read_text())
   assert saved["model"]["name"] == config.model.name
   rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-  assert rows[-1]["step"] == 8 and all(np.isfinite(r["loss"]) for r in rows)
+  assert rows[-1]["step"] == 8 and all(np.isfinite(r["train/loss"]) for r in rows)
   for name in ("loss.png", "kept_fraction.png", "lambda_histogram.png", "results.json"):
     assert (tmp_path / name).exists(), name
 

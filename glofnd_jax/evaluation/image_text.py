@@ -150,7 +150,7 @@ def evaluate_clip_run(run, state) -> dict:
       "train_damaged_shards": run.screen_report.get("damaged_shards", {"count": 0, "shards": []}),
       "temperature": float(1.0 / np.exp(np.asarray(jax.device_get(state.params["logit_scale"])))),
       "train_detector_last_epoch": ev.last_epoch_detector(
-          run.workdir, run.steps_per_epoch, sides=("img/", "txt/"), present="img/kept_fraction")}
+          run.workdir, run.steps_per_epoch, sides=run.detector_sides, name_sides=True)}
   results = ev.build_results(retrieval=retrieved, zero_shot=zero_shot_result,
                              false_negatives=false_negatives, meta=meta)
   ev.write_and_print(results, run.workdir)

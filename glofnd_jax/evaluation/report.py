@@ -72,7 +72,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from glofnd_jax.training.metrics import read_metrics
+from glofnd_jax.training.metrics import detector_prefix, read_metrics
 
 RESULTS_FILENAME = "results.json"
 
@@ -125,26 +125,35 @@ def write_and_print(results: dict, workdir: str | os.PathLike) -> None:
 
 
 def last_epoch_detector(workdir: str | os.PathLike, steps_per_epoch: int, *,
-                        sides: tuple[str, ...] = ("",), present: str = "fn_precision") -> dict:
+                        sides: tuple[str, ...] = ("img",), name_sides: bool = False) -> dict:
   """The in-training detector's metrics averaged over the last logged epoch.
 
   Args:
     workdir: the run directory holding ``metrics.jsonl``.
     steps_per_epoch: the width of the window, in steps, ending at the last row considered.
-    sides: metric-name prefixes, e.g. ``("img/", "txt/")`` for an image-text run.
-    present: only rows that log this metric are considered.
+    sides: the detectors whose ``detector/<side>/...`` metrics are read (``("img", "txt")`` for
+      an image-text run); rows that log ``detector/<sides[0]>/kept_fraction`` are considered.
+    name_sides: key the result ``img/fn_precision``, ... instead of ``fn_precision``.
 
   Returns:
-    ``{side + name: mean}`` for ``name`` in fn_precision, fn_recall, kept_fraction,
-    flagged_fraction (those the rows have); ``{}`` when no row logs ``present``.
+    ``{name: mean}`` for ``name`` in fn_precision, fn_recall, kept_fraction, flagged_fraction
+    (those the rows have); steps where a value is undefined (NaN: nothing flagged) are left
+    out of its mean, and a value undefined at every step is NaN (``null`` in JSON). ``{}`` when
+    no row logs the detector.
   """
+  present = detector_prefix(sides[0]) + "kept_fraction"
   rows = [r for r in read_metrics(workdir) if present in r]
   tail = [r for r in rows if r["step"] > rows[-1]["step"] - steps_per_epoch] if rows else []
-  if not tail:
-    return {}
-  keys = [f"{side}{name}" for side in sides
-          for name in ("fn_precision", "fn_recall", "kept_fraction", "flagged_fraction")]
-  return {key: float(np.mean([r[key] for r in tail])) for key in keys if key in tail[0]}
+  out = {}
+  for side in sides if tail else ():
+    for name in ("fn_precision", "fn_recall", "kept_fraction", "flagged_fraction"):
+      key = detector_prefix(side) + name
+      if key in tail[0]:
+        values = np.array([r[key] for r in tail], np.float64)
+        defined = values[~np.isnan(values)]
+        out[f"{side}/{name}" if name_sides else name] = (float(np.mean(defined)) if defined.size
+                                                         else math.nan)
+  return out
 
 
 def read_results(path: str | os.PathLike) -> dict:

@@ -89,7 +89,7 @@ def evaluate_run(run, state) -> dict:
       knn=knn, linear_probe=probe, transfer=transfer or None, false_negatives=false_negatives,
       lambda_error=lam_error,
       meta={"config": c.to_dict(), "num_train": int(len(train_y)), "num_test": int(len(test_y)),
-            "train_detector_last_epoch": ev.last_epoch_detector(run.workdir,
-                                                                run.steps_per_epoch)})
+            "train_detector_last_epoch": ev.last_epoch_detector(
+                run.workdir, run.steps_per_epoch, sides=run.detector_sides)})
   ev.write_and_print(results, run.workdir)
   return results

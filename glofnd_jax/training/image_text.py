@@ -29,10 +29,6 @@ from glofnd_jax.training import optim
 from glofnd_jax.training import step as train_step_lib
 from glofnd_jax.training import task as task_lib
 
-# Image-anchor detector metrics under the names the unimodal plots read.
-_PLOT_ALIASES = ("kept_fraction", "flagged_fraction", "fn_precision", "fn_recall", "lambda_mean")
-
-
 class ClipRun(task_lib.Task):
   """Everything an image-text run builds from its config: data, tokenizer, model, step, state.
 
@@ -40,6 +36,8 @@ class ClipRun(task_lib.Task):
   ``source`` (the screened training pairs), ``num_records`` (pairs present), ``screen_report``
   (bad-sample counts).
   """
+
+  detector_sides = ("img", "txt")  # a threshold per image and per text anchor
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: pathlib.Path):
     image_text_config.validate(config)
@@ -168,21 +166,11 @@ class ClipRun(task_lib.Task):
 
   def step_fn(self):
     augment = functools.partial(augment_lib.augment, config=self.augment)
-    step = train_step_lib.make_bimodal_train_step(
+    return train_step_lib.make_bimodal_train_step(
         self.model, self.tx, self.objective, num_samples=self.num_samples,
         global_batch=self.batch, mesh=self.mesh, augment=augment,
         samples_per_epoch=self.steps_per_epoch * self.batch,
         nonfinite=self.config.get("nonfinite", "stop"))
-
-    def step_with_aliases(state, batch):
-      state, metrics = step(state, batch)
-      metrics = dict(metrics)
-      for name in _PLOT_ALIASES:
-        if f"img/{name}" in metrics:
-          metrics[name] = metrics[f"img/{name}"]
-      return state, metrics
-
-    return step_with_aliases
 
   def reset_thresholds(self, state):
     """``state`` with fresh image and text thresholds (lambda = lam_init, moments 0)."""
@@ -204,6 +192,13 @@ class ClipRun(task_lib.Task):
   def learned_thresholds(self, state):
     """The image-anchor thresholds (keys that are holes keep ``lam_init``)."""
     return state.per_sample.thresholds_img
+
+  def thresholds_for_snapshot(self, state) -> dict:
+    """``{"img": ..., "txt": ...}``: image- and text-anchor lambda of the first alpha."""
+    if state.per_sample.thresholds_img is None:
+      return {}
+    return {"img": state.per_sample.thresholds_img[0].lam,
+            "txt": state.per_sample.thresholds_txt[0].lam}
 
   def evaluate(self, state) -> dict:
     return image_text_eval.evaluate_clip_run(self, state)

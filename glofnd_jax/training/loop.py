@@ -31,7 +31,7 @@ from glofnd_jax.data.iterators import DevicePrefetch
 from glofnd_jax.training import nonfinite as nonfinite_lib
 from glofnd_jax.training import plots, preemption, preflight
 from glofnd_jax.training import task as task_lib
-from glofnd_jax.training.metrics import MetricWriter
+from glofnd_jax.training.metrics import MetricWriter, log_results
 
 CONFIG_FILE = "config.json"
 # Written when training stops: {"status": "finished" | "preempted" | "stopped", "step": ...,
@@ -130,8 +130,10 @@ class Outputs:
     self.run = run
     self.writer = MetricWriter(run.workdir, first_step=first_step)
     self.monitor = nonfinite_lib.Monitor(run.config.get("nonfinite", "stop"))
+    # smoothing=0: the rate (and ETA) is the mean over the steps since restart_clock, so the
+    # first step's compilation does not stretch the estimate.
     self.bar = tqdm(total=last_step, initial=first_step, unit="step", dynamic_ncols=True,
-                    disable=jax.process_index() != 0, mininterval=2.0)
+                    disable=jax.process_index() != 0, mininterval=2.0, smoothing=0)
     self._tick, self._tick_step = time.perf_counter(), first_step
 
   def log(self, done: int, metrics: dict) -> None:
@@ -142,20 +144,30 @@ class Outputs:
                                       "images_per_sec": images_per_sec})
     if self.monitor.policy == "stop" and not self.monitor.seen_flags:
       nonfinite_lib.check_logged_means(values, done)
-    self.bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{images_per_sec:.0f}")
+    postfix = {"epoch": f"{done / self.run.steps_per_epoch:.1f}",
+               "loss": f"{values['train/loss']:.4f}"}
+    for name, short in (("kept_fraction", "kept"), ("lambda_mean", "lambda")):
+      if f"detector/img/{name}" in values:
+        postfix[short] = f"{values[f'detector/img/{name}']:.3f}"
+    postfix["img_s"] = f"{images_per_sec:.0f}"
+    self.bar.set_postfix(ordered_dict=postfix)  # in this order (keyword arguments are sorted)
+
+  def restart_clock(self) -> None:
+    """After the first (compiling) step: rate and ETA count only the steps from here on."""
+    self.bar.start_t, self.bar.initial = self.bar._time(), self.bar.n
 
   def snapshot(self, done: int, state) -> None:
     """At epoch ends (every ``lambda_snapshot_every_epochs`` and the last): lambda histogram."""
     run = self.run
-    thresholds = run.thresholds_for_snapshot(state)
-    if thresholds is None or done % run.steps_per_epoch:
+    if done % run.steps_per_epoch:
       return
     epoch = done // run.steps_per_epoch
     if epoch % run.config.lambda_snapshot_every_epochs == 0 or done == run.total_steps:
-      lam = host_array(thresholds)[:run.num_samples]
-      self.writer.histogram(done, "lambda", lam)
-      if jax.process_index() == 0:
-        plots.save_lambda_snapshot(run.workdir, epoch, lam)
+      for side, thresholds in run.thresholds_for_snapshot(state).items():
+        lam = host_array(thresholds)[:run.num_samples]
+        self.writer.histogram(done, f"detector/{side}/lambda", lam)
+        if jax.process_index() == 0:
+          plots.save_lambda_snapshot(run.workdir, epoch, lam, side)
 
   def close(self) -> None:
     self.bar.close()
@@ -190,6 +202,8 @@ def run_steps(run, state, iterator, checkpointer, guard, first_step: int, last_s
       if save:
         checkpointer.save(done, state, batches, force=True)
       outputs.bar.update(1)
+      if done == first_step + 1:
+        outputs.restart_clock()
       if preempted:
         return state, done, True
     if last_step > first_step:
@@ -259,14 +273,27 @@ def finish(run, state, last: int, preempted: bool, reason, evaluate: bool) -> di
           "; run the same command again to resume.", flush=True)
     return {}
   if jax.process_index() == 0:
-    plots.plot_run(run.workdir)
+    plots.plot_run(run.workdir, run.plot_spec())
   if not evaluate or last < run.total_steps:
     return {}
   if jax.process_count() > 1:
     print("evaluation runs in one process: run `glofnd-jax eval --workdir "
           f"{run.workdir}` on one host.", flush=True)
     return {}
-  return run.evaluate(state)
+  results = run.evaluate(state)
+  log_results(run.workdir, last, results)
+  print_locations(run.workdir)
+  return results
+
+
+def print_locations(workdir: pathlib.Path) -> None:
+  """Under the results table: where the results, plots and TensorBoard logs are (process 0)."""
+  if jax.process_index() != 0:
+    return
+  pngs = sorted(p.name for p in workdir.glob("*.png"))
+  print(f"results: {workdir / 'results.json'}\nplots:   {workdir}/{{{','.join(pngs)}}}\n"
+        f"logs:    {workdir / 'metrics.jsonl'}; tensorboard --logdir {workdir / 'tensorboard'}",
+        flush=True)
 
 
 def evaluate_workdir(workdir) -> dict:
@@ -283,4 +310,7 @@ def evaluate_workdir(workdir) -> dict:
     finally:
       checkpointer.close()
   print(f"evaluating step {step} of {workdir}")
-  return run.evaluate(state)
+  results = run.evaluate(state)
+  log_results(workdir, step, results)
+  print_locations(workdir)
+  return results

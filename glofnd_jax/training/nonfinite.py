@@ -145,7 +145,7 @@ def guard(step_fn, policy: str, num_samples_padded: int):
 
 def check_logged_means(values: dict, step: int) -> None:
   """Fallback for steps built without non-finite flags: check the logged means."""
-  for name in ("loss", "lambda_mean", "u_mean"):
+  for name in ("train/loss", "detector/img/lambda_mean", "train/u_mean"):
     if name in values and not np.isfinite(values[name]):
       raise FloatingPointError(f"non-finite {name}={values[name]} at step {step}; the last good "
                                "checkpoint is kept. Lower the learning rate or check the data.")

@@ -1,13 +1,21 @@
 """PNG plots of a run, drawn from ``metrics.jsonl`` and the lambda snapshots in the work dir.
 
-* ``loss.png``: training loss per logged step.
+Every curve is against the epoch (``step / steps_per_epoch``), with dashed markers at the
+detection schedule's ``start_update`` and ``start_mask`` epochs. Metrics are read by their
+namespace (:mod:`glofnd_jax.training.metrics`): ``train/...`` and ``detector/<side>/...`` for
+each of the task's detector sides (``img``; image-text adds ``txt``, drawn as its own line).
+
+* ``loss.png``: training loss.
 * ``kept_fraction.png``: fraction of negatives kept by the mask (and flagged by the detector).
-* ``fn_precision_recall.png``: precision and recall of the flags against labels (if logged).
-* ``lambda_histogram.png``: the distribution of lambda at each snapshot epoch (one line each).
+* ``fn_precision_recall.png``: precision and recall of the flags against labels (if logged);
+  steps where a value is undefined (NaN: nothing flagged) are gaps, not zeros.
+* ``lambda_histogram.png``: the distribution of lambda at each snapshot epoch (one line each),
+  on the range the values occupy; image and text thresholds in separate panels.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 import zipfile
@@ -18,90 +26,191 @@ matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from glofnd_jax.training.metrics import read_metrics  # noqa: E402
+from glofnd_jax.training.metrics import detector_prefix, read_metrics  # noqa: E402
 
-LAMBDA_BINS = np.linspace(-1.0, 1.0, 81)
+# Fine bins (0.001 wide over lambda's range [-1, 1]): the plot re-bins them over the range the
+# values occupy, which is often a few hundredths wide.
+LAMBDA_BINS = np.linspace(-1.0, 1.0, 2001)
+PLOT_BINS = 60
+SIDE_NAMES = {"img": "image", "txt": "text"}
 
 
 def lambda_histogram(lam) -> np.ndarray:
-  """Counts of ``lam`` in :data:`LAMBDA_BINS` (80 bins over [-1, 1])."""
+  """Counts of ``lam`` in :data:`LAMBDA_BINS` (2000 bins over [-1, 1])."""
   return np.histogram(np.asarray(lam), bins=LAMBDA_BINS)[0]
 
 
-def save_lambda_snapshot(workdir, epoch: int, lam) -> None:
-  """Append lambda's histogram at ``epoch`` to ``workdir/lambda_snapshots.npz``.
+def snapshot_path(workdir, side: str = "img") -> pathlib.Path:
+  """``lambda_snapshots.npz`` (image anchors) or ``lambda_snapshots_<side>.npz``."""
+  suffix = "" if side == "img" else f"_{side}"
+  return pathlib.Path(workdir) / f"lambda_snapshots{suffix}.npz"
+
+
+def _read_snapshots(path: pathlib.Path):
+  """``(epochs, counts)`` lists of ``path`` (empty if absent); an unreadable file, or one with
+  other bins, is moved aside to ``<name>.corrupt`` and reads as empty."""
+  if not path.exists():
+    return [], []
+  try:
+    with np.load(path) as old:
+      if old["bins"].shape != LAMBDA_BINS.shape or not np.allclose(old["bins"], LAMBDA_BINS):
+        raise ValueError("its bins are not this version's")
+      return list(old["epochs"]), list(old["counts"])
+  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+    print(f"{path} is unreadable ({type(error).__name__}: {error}); moved to "
+          f"{path.name}.corrupt, snapshots start afresh.")
+    os.replace(path, path.with_name(path.name + ".corrupt"))
+    return [], []
+
+
+def save_lambda_snapshot(workdir, epoch: int, lam, side: str = "img") -> None:
+  """Append lambda's histogram at ``epoch`` to :func:`snapshot_path` of ``side``.
 
   Entries at ``epoch`` or later (left by an interrupted run that is now resumed) are replaced,
   and the file is rewritten atomically (tmp + rename); an unreadable file (torn by a kill before
   this was atomic) is moved aside to ``lambda_snapshots.npz.corrupt`` and started afresh.
   """
-  path = pathlib.Path(workdir) / "lambda_snapshots.npz"
-  epochs, counts = [], []
-  if path.exists():
-    try:
-      with np.load(path) as old:
-        epochs, counts = list(old["epochs"]), list(old["counts"])
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
-      print(f"{path} is unreadable ({type(error).__name__}: {error}); moved to "
-            f"{path.name}.corrupt, snapshots start afresh.")
-      os.replace(path, path.with_name(path.name + ".corrupt"))
+  path = snapshot_path(workdir, side)
+  epochs, counts = _read_snapshots(path)
   kept = [i for i, e in enumerate(epochs) if e < epoch]
   epochs = [epochs[i] for i in kept] + [epoch]
   counts = [counts[i] for i in kept] + [lambda_histogram(lam)]
-  tmp = path.with_name("lambda_snapshots.tmp.npz")
+  tmp = path.with_name(path.stem + ".tmp.npz")
   np.savez(tmp, epochs=np.array(epochs), counts=np.array(counts), bins=LAMBDA_BINS)
   os.replace(tmp, path)
 
 
-def _series(rows, key):
-  points = [(r["step"], r[key]) for r in rows if key in r and r[key] is not None]
-  return ([p[0] for p in points], [p[1] for p in points]) if points else None
+@dataclasses.dataclass(frozen=True)
+class PlotSpec:
+  """What the plots need to know of the run besides its files.
+
+  Attributes:
+    steps_per_epoch: converts logged steps to epochs on the x-axis.
+    sides: the detector sides logged (``("img",)``, image-text ``("img", "txt")``).
+    start_update, start_mask: the detection schedule's epochs, marked on every curve (``None``
+      for modes without a schedule).
+  """
+
+  steps_per_epoch: int
+  sides: tuple[str, ...] = ("img",)
+  start_update: int | None = None
+  start_mask: int | None = None
 
 
-def _line_plot(path, rows, keys, title, ylabel):
-  series = {k: _series(rows, k) for k in keys}
-  series = {k: v for k, v in series.items() if v}
+def _series(rows, key, steps_per_epoch):
+  """``(epochs, values)`` of ``key``; NaN (undefined) stays NaN, which matplotlib leaves as a
+  gap in the line."""
+  points = [(r["step"] / steps_per_epoch, r[key]) for r in rows if key in r]
+  if not points:
+    return None
+  return (np.array([p[0] for p in points]),
+          np.array([np.nan if p[1] is None else p[1] for p in points], np.float64))
+
+
+def _mark_schedule(ax, spec: PlotSpec, x_max: float) -> None:
+  """Dashed lines at the schedule's epochs inside the plotted range (one line when equal)."""
+  by_epoch = {}
+  for label, epoch in (("start_update", spec.start_update), ("start_mask", spec.start_mask)):
+    if epoch is not None and epoch <= x_max:
+      by_epoch.setdefault(epoch, []).append(label)
+  for epoch, labels in by_epoch.items():
+    ax.axvline(epoch, color="grey", linestyle="--", linewidth=0.8)
+    ax.annotate(" = ".join(labels), (epoch, 1.0), xycoords=("data", "axes fraction"),
+                rotation=90, va="top", ha="right", fontsize=7, color="grey")
+
+
+def _line_plot(path, rows, curves, title, ylabel, spec: PlotSpec):
+  """``curves`` maps a legend label to a logged key; keys never logged are left out."""
+  series = {label: _series(rows, key, spec.steps_per_epoch) for label, key in curves.items()}
+  series = {label: s for label, s in series.items() if s is not None}
   if not series:
     return None
   fig, ax = plt.subplots(figsize=(6, 3.5))
-  for key, (x, y) in series.items():
-    ax.plot(x, y, label=key)
-  ax.set_xlabel("step")
+  for label, (x, y) in series.items():
+    ax.plot(x, y, label=label, marker="." if len(x) < 30 else None)
+  _mark_schedule(ax, spec, max(float(x.max()) for x, _ in series.values()))
+  ax.set_xlabel("epoch")
   ax.set_ylabel(ylabel)
   ax.set_title(title)
   if len(series) > 1:
-    ax.legend()
+    ax.legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
   return path
 
 
-def plot_run(workdir) -> list[pathlib.Path]:
+def _detector_curves(spec: PlotSpec, names: dict) -> dict:
+  """Legend label -> logged key for every side (sides named only when there are several)."""
+  curves = {}
+  for side in spec.sides:
+    for name, label in names.items():
+      prefix = f"{SIDE_NAMES.get(side, side)} anchors: " if len(spec.sides) > 1 else ""
+      curves[prefix + label] = detector_prefix(side) + name
+  return curves
+
+
+def occupied_range(counts: np.ndarray, bins: np.ndarray) -> tuple[float, float]:
+  """``(lo, hi)`` of the bins holding any count in ``counts`` (one row per snapshot), widened
+  to at least 0.02 so a collapsed distribution still shows as a peak."""
+  occupied = np.flatnonzero(np.asarray(counts).sum(axis=0))
+  if occupied.size == 0:
+    return float(bins[0]), float(bins[-1])
+  lo, hi = float(bins[occupied[0]]), float(bins[occupied[-1] + 1])
+  if hi - lo < 0.02:
+    middle = 0.5 * (lo + hi)
+    lo, hi = middle - 0.01, middle + 0.01
+  return lo, hi
+
+
+def _lambda_panel(ax, data, title: str) -> None:
+  epochs, counts, bins = data["epochs"], data["counts"], data["bins"]
+  lo, hi = occupied_range(counts, bins)
+  edges = np.linspace(lo, hi, PLOT_BINS + 1)
+  centers = 0.5 * (bins[1:] + bins[:-1])
+  colors = plt.cm.viridis(np.linspace(0, 1, len(epochs)))
+  for epoch, row, color in zip(epochs, counts, colors):
+    rebinned = np.histogram(centers, bins=edges, weights=row)[0]
+    ax.plot(0.5 * (edges[1:] + edges[:-1]), rebinned / max(row.sum(), 1), color=color,
+            label=f"epoch {int(epoch)}")
+  ax.set_xlim(lo, hi)
+  ax.set_xlabel("lambda")
+  ax.set_ylabel("fraction of samples")
+  ax.set_title(title)
+  ax.legend(fontsize=7)
+
+
+def _lambda_plot(workdir: pathlib.Path, spec: PlotSpec):
+  present = [side for side in spec.sides if snapshot_path(workdir, side).exists()]
+  if not present:
+    return None
+  fig, axes = plt.subplots(1, len(present), figsize=(6 * len(present), 3.5), squeeze=False)
+  for ax, side in zip(axes[0], present):
+    with np.load(snapshot_path(workdir, side)) as data:
+      title = "lambda over training"
+      if len(spec.sides) > 1:
+        title += f" ({SIDE_NAMES.get(side, side)} anchors)"
+      _lambda_panel(ax, {k: data[k] for k in ("epochs", "counts", "bins")}, title)
+  fig.tight_layout()
+  path = workdir / "lambda_histogram.png"
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
+def plot_run(workdir, spec: PlotSpec) -> list[pathlib.Path]:
   """Draw every plot the run's files allow; returns the PNG paths written."""
   workdir = pathlib.Path(workdir)
   rows = read_metrics(workdir)
   written = [
-      _line_plot(workdir / "loss.png", rows, ["loss"], "training loss", "loss"),
-      _line_plot(workdir / "kept_fraction.png", rows, ["kept_fraction", "flagged_fraction"],
-                 "negatives kept by the mask / flagged by the detector", "fraction"),
-      _line_plot(workdir / "fn_precision_recall.png", rows, ["fn_precision", "fn_recall"],
-                 "false-negative flags vs labels", "fraction"),
+      _line_plot(workdir / "loss.png", rows, {"loss": "train/loss"}, "training loss", "loss",
+                 spec),
+      _line_plot(workdir / "kept_fraction.png", rows,
+                 _detector_curves(spec, {"kept_fraction": "kept", "flagged_fraction": "flagged"}),
+                 "negatives kept by the mask / flagged by the detector", "fraction", spec),
+      _line_plot(workdir / "fn_precision_recall.png", rows,
+                 _detector_curves(spec, {"fn_precision": "precision", "fn_recall": "recall"}),
+                 "false-negative flags vs labels (gaps: nothing flagged)", "fraction", spec),
+      _lambda_plot(workdir, spec),
   ]
-  snapshots = workdir / "lambda_snapshots.npz"
-  if snapshots.exists():
-    data = np.load(snapshots)
-    centers = 0.5 * (data["bins"][1:] + data["bins"][:-1])
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    colors = plt.cm.viridis(np.linspace(0, 1, len(data["epochs"])))
-    for epoch, counts, color in zip(data["epochs"], data["counts"], colors):
-      ax.plot(centers, counts / max(counts.sum(), 1), color=color, label=f"epoch {int(epoch)}")
-    ax.set_xlabel("lambda")
-    ax.set_ylabel("fraction of samples")
-    ax.set_title("lambda over training")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(workdir / "lambda_histogram.png", dpi=100)
-    plt.close(fig)
-    written.append(workdir / "lambda_histogram.png")
   return [p for p in written if p is not None]

@@ -4,7 +4,7 @@ A task (``config.task``) turns a config into data, a model, an optimiser, a jitt
 train state. The loop (:mod:`glofnd_jax.training.loop`) uses only the :class:`Task` interface:
 
   attributes  ``config``, ``workdir``, ``mesh``, ``batch``, ``num_samples``, ``steps_per_epoch``,
-              ``total_steps``, ``schedule``
+              ``total_steps``, ``schedule``, ``detector_sides``
   methods     ``init_state()``, ``iterator()``, ``step_fn()``, ``checkpointer()``,
               ``global_batch(local)``, ``thresholds_for_snapshot(state)``, ``evaluate(state)``
 
@@ -27,6 +27,7 @@ from glofnd_jax import augment as augment_lib
 from glofnd_jax import sharding
 from glofnd_jax.data import pipeline
 from glofnd_jax.training import checkpoint as checkpoint_lib
+from glofnd_jax.training import plots
 from glofnd_jax.training import preflight as preflight_lib
 from glofnd_jax.training import step as step_lib
 
@@ -47,6 +48,10 @@ def build_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> "Task
 
 class Task:
   """The shared part of every task: mesh, global batch, epochs, state, checkpoints, snapshots."""
+
+  # The detectors whose metrics are logged as ``detector/<side>/...`` (plots and reports read
+  # them by this prefix): image anchors only, unless a task has more.
+  detector_sides: tuple[str, ...] = ("img",)
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: pathlib.Path):
     self.config, self.workdir = config, pathlib.Path(workdir)
@@ -106,7 +111,15 @@ class Task:
     """The per-sample threshold states (one per alpha), ``None`` for modes without them."""
     return state.per_sample.thresholds
 
-  def thresholds_for_snapshot(self, state):
-    """The learned lambda array of the first alpha to snapshot (``None`` without one)."""
+  def thresholds_for_snapshot(self, state) -> dict:
+    """``{side: lambda array}`` of the first alpha to snapshot (``{}`` for modes without)."""
     thresholds = self.learned_thresholds(state)
-    return None if thresholds is None else thresholds[0].lam
+    return {} if thresholds is None else {"img": thresholds[0].lam}
+
+  def plot_spec(self) -> plots.PlotSpec:
+    """What the plots need besides the run's files: epochs, detector sides, the schedule."""
+    g = self.config.glofnd
+    learned = g.mode in ("glofnd", "glofnd_shared")
+    return plots.PlotSpec(self.steps_per_epoch, self.detector_sides,
+                          start_update=g.start_update_epoch if learned else None,
+                          start_mask=None if g.mode == "none" else g.start_mask_epoch)
