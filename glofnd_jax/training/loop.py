@@ -256,18 +256,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, evaluate: 
     guard.uninstall()
     if lock is not None:
       lock.close()
-  if preempted and last == first:
-    write_status(run.workdir, "preempted", last, run.total_steps)
-    print(f"stopped before step {first + 1} on {guard.reason}; no checkpoint was written. Run the "
-          "same command again to start (or resume).", flush=True)
-    return {}
-  return finish(run, state, last, preempted, guard.reason, evaluate)
+  return finish(run, state, first, last, preempted, guard.reason, evaluate)
 
 
-def finish(run, state, last: int, preempted: bool, reason, evaluate: bool) -> dict:
+def finish(run, state, first: int, last: int, preempted: bool, reason, evaluate: bool) -> dict:
   """Status file, plots, then the evaluation (single process, finished runs only)."""
   status = "preempted" if preempted else "finished" if last == run.total_steps else "stopped"
   write_status(run.workdir, status, last, run.total_steps)
+  if preempted and last == first:
+    print(f"stopped before step {first + 1} on {reason}; no checkpoint was written. Run the "
+          "same command again to start (or resume).", flush=True)
+    return {}
   if preempted:
     print(f"stopped at step {last} on {reason}: checkpoint saved in {run.workdir / 'checkpoints'}"
           "; run the same command again to resume.", flush=True)
