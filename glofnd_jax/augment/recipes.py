@@ -10,18 +10,7 @@ from typing import Union
 import jax
 import jax.numpy as jnp
 
-from glofnd_jax.augment.ops import (
-  blur_kernel_size,
-  color_jitter,
-  gaussian_blur,
-  normalize,
-  random_affine_elastic,
-  random_flip,
-  random_grayscale,
-  random_resized_crop,
-  random_solarize,
-  to_float,
-)
+from glofnd_jax.augment import ops
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -165,7 +154,7 @@ def simclr_view(rng: jax.Array, images: jax.Array, config: SimCLRAugmentConfig,
   ``cropped``: the images are random resized crops already (cut on the host) at ``crop_size``;
   everything but the crop is applied.
   """
-  images = to_float(images)
+  images = ops.to_float(images)
   _, height, width, _ = images.shape
   size = _output_size(config, height, width)
   crop_key, flip_key, jitter_key, gray_key, blur_key = jax.random.split(rng, 5)
@@ -175,39 +164,40 @@ def simclr_view(rng: jax.Array, images: jax.Array, config: SimCLRAugmentConfig,
                        f"{size}: cut them at the crop size.")
     x = images
   else:
-    x = random_resized_crop(crop_key, images, size, config.crop_scale, config.crop_ratio)
-  x = random_flip(flip_key, x, config.flip_prob)
-  x = color_jitter(jitter_key, x, brightness=config.brightness, contrast=config.contrast,
-                   saturation=config.saturation, hue=config.hue, prob=config.jitter_prob,
-                   random_order=config.jitter_random_order)
-  x = random_grayscale(gray_key, x, config.grayscale_prob)
-  x = gaussian_blur(blur_key, x, prob=config.blur_prob, sigma=config.blur_sigma,
-                    kernel_size=blur_kernel_size(min(size), config.blur_kernel_fraction))
-  x = random_solarize(jax.random.fold_in(rng, 5), x, config.solarize_prob)
-  return normalize(jnp.clip(x, 0.0, 1.0), config.mean, config.std)
+    x = ops.random_resized_crop(crop_key, images, size, config.crop_scale, config.crop_ratio)
+  x = ops.random_flip(flip_key, x, config.flip_prob)
+  x = ops.color_jitter(jitter_key, x, brightness=config.brightness, contrast=config.contrast,
+                       saturation=config.saturation, hue=config.hue, prob=config.jitter_prob,
+                       random_order=config.jitter_random_order)
+  x = ops.random_grayscale(gray_key, x, config.grayscale_prob)
+  x = ops.gaussian_blur(blur_key, x, prob=config.blur_prob, sigma=config.blur_sigma,
+                        kernel_size=ops.blur_kernel_size(min(size), config.blur_kernel_fraction))
+  x = ops.random_solarize(jax.random.fold_in(rng, 5), x, config.solarize_prob)
+  return ops.normalize(jnp.clip(x, 0.0, 1.0), config.mean, config.std)
 
 
 def digits_view(rng: jax.Array, images: jax.Array, config: DigitsAugmentConfig) -> jax.Array:
   """One digits view: ``(B, H, W, C)`` uint8/float -> float32 ``(B, H, W, C)`` normalised."""
-  images = to_float(images)
+  images = ops.to_float(images)
   batch = images.shape[0]
   warp_key, intensity_key, noise_key = jax.random.split(rng, 3)
-  x = random_affine_elastic(warp_key, images, max_rotation=config.max_rotation,
-                            scale=config.scale, max_shift=config.max_shift,
-                            elastic_alpha=config.elastic_alpha, elastic_grid=config.elastic_grid)
+  x = ops.random_affine_elastic(warp_key, images, max_rotation=config.max_rotation,
+                                scale=config.scale, max_shift=config.max_shift,
+                                elastic_alpha=config.elastic_alpha,
+                                elastic_grid=config.elastic_grid)
   if config.intensity > 0:
     factor = jax.random.uniform(intensity_key, (batch, 1, 1, 1), minval=1.0 - config.intensity,
                                 maxval=1.0 + config.intensity)
     x = x * factor
   if config.noise_std > 0:
     x = x + config.noise_std * jax.random.normal(noise_key, x.shape)
-  return normalize(jnp.clip(x, 0.0, 1.0), config.mean, config.std)
+  return ops.normalize(jnp.clip(x, 0.0, 1.0), config.mean, config.std)
 
 
 def augment(rng: jax.Array, images: jax.Array, config: AugmentConfig) -> jax.Array:
   """One random view of a batch: ``(B, H, W, C)`` -> float32 ``(B, h, w, C)``."""
   if len(config.mean) not in (1, images.shape[-1]):  # fail before tracing the whole recipe
-    normalize(images, config.mean, config.std)
+    ops.normalize(images, config.mean, config.std)
   if isinstance(config, SimCLRAugmentConfig):
     return simclr_view(rng, images, config)
   if isinstance(config, DigitsAugmentConfig):
@@ -249,7 +239,7 @@ def eval_view(images: jax.Array, config: AugmentConfig) -> jax.Array:
   Returns:
     float32 ``(B, h, w, C)``.
   """
-  images = to_float(images)
+  images = ops.to_float(images)
   if isinstance(config, SimCLRAugmentConfig):
     batch, height, width, channels = images.shape
     out_h, out_w = _output_size(config, height, width)
@@ -261,4 +251,4 @@ def eval_view(images: jax.Array, config: AugmentConfig) -> jax.Array:
         images = jax.image.resize(images, (batch, out_h, out_w, channels), method="linear")
   elif not isinstance(config, DigitsAugmentConfig):
     raise TypeError(f"unknown augmentation config {type(config).__name__}.")
-  return normalize(images, config.mean, config.std)
+  return ops.normalize(images, config.mean, config.std)
