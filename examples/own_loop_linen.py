@@ -79,8 +79,8 @@ def make_train_step(mesh, seed: int):
           h1, h2, batch["index"], per_sample, epoch, CONFIG, labels=batch["label"],
           constrain_rows=functools.partial(gj.sharding.constrain_similarity_rows, mesh=mesh))
 
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    return state.apply_gradients(grads=grads), aux.state, {**aux.metrics, "loss": loss}
+    (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    return state.apply_gradients(grads=grads), aux.state, aux.metrics  # metrics: loss, kept, ...
 
   return train_step
 

@@ -82,9 +82,9 @@ def train(steps: int, seed: int, mesh):
           labels=batch["label"],  # diagnostics only: fn_precision / fn_recall
           constrain_rows=lambda rows: gj.sharding.constrain_similarity_rows(rows, mesh))
 
-    (loss, aux), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    (_, aux), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
     optimizer.update(model, grads)
-    return nnx.state((model, optimizer)), aux.state, dict(aux.metrics, loss=loss)
+    return nnx.state((model, optimizer)), aux.state, aux.metrics  # metrics: loss, kept, ...
 
   history = []
   for step in range(steps):
