@@ -5,6 +5,7 @@ it trains with the per-sample state sharded over all 8, saves with orbax and res
 4-device mesh. Both start at once, so the two imports and compilations overlap.
 """
 
+import ast
 import json
 import pathlib
 import subprocess
@@ -32,3 +33,18 @@ def test_own_loop_examples_mask_shard_and_restore_onto_4_devices(tmp_path):
     assert len(kept) == 6 and all(0.5 < k < 1.0 for k in kept), (name, kept)  # masking engaged
     assert report["restored_max_abs_difference"] == 0.0, name
     assert (tmp_path / name / "step_6").is_dir()
+
+
+def test_the_modules_the_guide_uses_are_package_attributes_and_stay_light():
+  """``gj.sharding``, ``gj.thresholds``, ... resolve; importing them pulls in no stack module."""
+  code = ("import sys, types, glofnd_jax as gj\n"
+          "names = 'sharding thresholds detection losses objectives per_sample treatments siglip "
+          "similarity'.split()\n"
+          "assert all(isinstance(getattr(gj, n), types.ModuleType) for n in names)\n"
+          "print(sorted(m for m in sys.modules if m.startswith('glofnd_jax.')))\n")
+  output = subprocess.run([sys.executable, "-c", code], env=scaling_subprocess.worker_env(1),
+                          capture_output=True, text=True, timeout=120, check=True).stdout
+  loaded = ast.literal_eval(output)
+  assert "glofnd_jax.sharding" in loaded
+  assert not [m for m in loaded if m.split(".")[1] in ("training", "data", "models", "evaluation",
+                                                      "config", "cli", "augment")], loaded
