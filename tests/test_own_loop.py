@@ -8,6 +8,7 @@ it trains with the per-sample state sharded over all 8, saves with orbax and res
 import ast
 import json
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -48,3 +49,16 @@ def test_the_modules_the_guide_uses_are_package_attributes_and_stay_light():
   assert "glofnd_jax.sharding" in loaded
   assert not [m for m in loaded if m.split(".")[1] in ("training", "data", "models", "evaluation",
                                                       "config", "cli", "augment")], loaded
+
+
+def test_the_guide_shows_the_examples_as_they_are():
+  """Every line of the guide's python excerpts (but the stack-Checkpointer one) is in an example."""
+  guide = (EXAMPLES.parent / "docs" / "YOUR_OWN_LOOP.md").read_text()
+  sources = {line.split("  #")[0].strip() for name in NAMES
+             for line in (EXAMPLES / f"{name}.py").read_text().splitlines()}
+  blocks = [block for block in re.findall(r"```python\n(.*?)```", guide, re.S)
+            if "training.checkpoint" not in block]
+  assert len(blocks) >= 5
+  stale = [line for block in blocks for line in block.splitlines()
+           if line.split("  #")[0].strip() and line.split("  #")[0].strip() not in sources]
+  assert not stale, stale
