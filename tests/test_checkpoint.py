@@ -171,3 +171,28 @@ def test_save_on_8_devices_restore_on_4_continue(tmp_path):
   _, at_4 = train_cli.read_state(on_8, step=4, num_samples=NUM_SAMPLES)
   for key in ("per_sample/thresholds/0/lam", "per_sample/loss/0/u", "params/head/dense2/kernel"):
     assert not np.allclose(at_4[key], arrays_8[key]), key
+
+
+def test_library_use_restores_another_padding_with_num_samples(tmp_path):
+  """Without a fingerprint, ``num_samples=`` lets the per-sample padding change (another device
+  count); without it the error says so, and no message speaks of a CLI workdir."""
+  checkpointer = checkpoint_lib.Checkpointer(tmp_path)
+  checkpointer.save(1, {"params": jnp.arange(3.0), "u": jnp.arange(8.0)})
+  checkpointer.close()
+  target = {"params": jnp.zeros(3), "u": jnp.zeros(6)}
+  checkpointer = checkpoint_lib.Checkpointer(tmp_path)
+  try:
+    with pytest.raises(checkpoint_lib.IncompatibleCheckpointError) as raised:
+      checkpointer.restore(target)
+  finally:
+    checkpointer.close()
+  message = str(raised.value)
+  assert "Checkpointer(num_samples=N)" in message and "another checkpoint directory" in message
+  assert "--workdir" not in message and "config.json" not in message
+  checkpointer = checkpoint_lib.Checkpointer(tmp_path, num_samples=6)
+  try:
+    state, step = checkpointer.restore(target)
+  finally:
+    checkpointer.close()
+  assert step == 1
+  np.testing.assert_array_equal(state["u"], np.arange(6.0))

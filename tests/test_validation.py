@@ -92,7 +92,7 @@ def test_checkpoint_from_a_smaller_dataset(tmp_path):
   message = str(raised.value)
   assert "num_samples: checkpoint 64, now 100" in message
   assert "The dataset now has 100 samples but the checkpoint's per-sample arrays" in message
-  assert "start a new run in another --workdir" in message
+  assert "start a new run in another checkpoint directory" in message
 
 
 def test_checkpoint_from_an_incompatible_config(tmp_path):
@@ -121,7 +121,7 @@ def test_checkpoint_from_an_incompatible_config(tmp_path):
                      "loss.name: checkpoint 'sogclr', now 'simclr'",
                      "glofnd.alphas: checkpoint [0.05], now [0.01, 0.05]"):
     assert difference in message, (difference, message)
-  assert "Resume with the config it was written with (the run's config.json)" in message
+  assert "Resume with the config it was written with, or start a new run in another " in message
 
 
 @pytest.mark.parametrize("bad", [-1, 64, 1000])

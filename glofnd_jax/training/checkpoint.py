@@ -14,9 +14,10 @@ depend on (:func:`config_fingerprint`).
   cut short by preemption or a crash is never restored.
 * **Any device count.** Restoring takes an abstract target whose leaves carry the *current*
   shardings, so a run saved on 8 devices restores onto 4. The per-sample arrays are padded to a
-  multiple of the device count (``mesh.padded_size``); when that padding differs, the saved
-  arrays are cut or padded to the new length. Only rows past the dataset size change, and those
-  are never read.
+  multiple of the device count (``sharding.padded_size``); when that padding differs, the saved
+  arrays are cut or padded to the new length, given the dataset size (``num_samples=``, or the
+  fingerprint's ``num_samples``). Only rows past the dataset size change, and those are never
+  read.
 * **Any process count** (``position_is_global=True``). grain saves one iterator position per
   process. The image pipeline (:mod:`glofnd_jax.data.pipeline`) gives every process the same
   position, the number of steps taken, whatever the process count; so when the process count
@@ -121,14 +122,26 @@ class Checkpointer:
       restores without the iterator and gets the saved state unchanged.
     may_change: fingerprint fields whose change a restore accepts (e.g. ``("seed",)`` for
       ``config.allow_seed_change``), with one line saying what the change means.
+    num_samples: the dataset size N, the rows of the per-sample arrays that are ever read.
+      Needed to restore onto a device count with another padding N_pad (see above); default:
+      ``fingerprint["num_samples"]``, else a length change is refused.
+    workdir_messages: the directory is the ``checkpoints/`` of a ``glofnd-jax`` ``--workdir``
+      (what the CLI's runs pass): error messages then point to the run's ``config.json`` and to
+      another ``--workdir``; otherwise they speak of the config and the directory.
   """
 
   def __init__(self, directory, *, max_to_keep: int = 3, async_save: bool = True,
                fingerprint: dict | None = None, position_is_global: bool = False,
                on_restore: Callable[[Any, int], Any] | None = None,
-               may_change: Sequence[str] = ()):
+               may_change: Sequence[str] = (), num_samples: int | None = None,
+               workdir_messages: bool = False):
     self.directory = pathlib.Path(directory).absolute()
     self.fingerprint = fingerprint
+    self.num_samples = num_samples if num_samples is not None else (
+        (fingerprint or {}).get("num_samples"))
+    # How error messages name the saved config and the way to start over.
+    self._config_note = " (the run's config.json)" if workdir_messages else ""
+    self._elsewhere = "another --workdir" if workdir_messages else "another checkpoint directory"
     self.may_change = tuple(may_change)
     self.position_is_global = position_is_global
     self.on_restore = on_restore
@@ -212,8 +225,8 @@ class Checkpointer:
                 "wrong samples.")
     raise IncompatibleCheckpointError(
         f"checkpoint step {step} in {self.directory} was written with a different config: "
-        f"{'; '.join(differences)}.{detail} Resume with the config it was written with (the "
-        f"run's config.json){seed_hint}, or start a new run in another --workdir.")
+        f"{'; '.join(differences)}.{detail} Resume with the config it was written with"
+        f"{self._config_note}{seed_hint}, or start a new run in {self._elsewhere}.")
 
   def restore(self, state_target, data_iterator=None, step: int | None = None):
     """Restore onto ``state_target`` (a state or its ``jax.ShapeDtypeStruct`` tree with
@@ -268,7 +281,7 @@ class Checkpointer:
     raise FileNotFoundError(
         f"no checkpoint in {self.directory} restores (moved aside: {', '.join(moved)}). Running "
         "the same command again starts this run over from step 0; to keep the work done, copy "
-        "the run's checkpoints back from a backup, or start in another --workdir.")
+        f"the run's checkpoints back from a backup, or start in {self._elsewhere}.")
 
   def _move_aside(self, step: int, reason: str) -> str:
     """Move step ``step``'s folder to ``corrupt/<step>-<n>`` (process 0) and say why."""
@@ -321,7 +334,7 @@ class Checkpointer:
       return False
     saved = ocp.tree.to_flat_dict(tree)
     target = ocp.tree.to_flat_dict(ocp.tree.serialize_tree(abstract, keep_empty_nodes=True))
-    num_samples = (self.fingerprint or {}).get("num_samples")
+    num_samples = self.num_samples
     # Fields one side has and the other lacks: a config with another optimiser or detection
     # mode, or a checkpoint written by an older version of the train state.
     name = lambda key: "/".join(map(str, key))
@@ -338,8 +351,8 @@ class Checkpointer:
           f"checkpoint step {step} in {self.directory} has another train-state structure: "
           f"{'; '.join(parts)}. It was written with another config (optimiser, detection mode, "
           "loss) or by another glofnd-jax version; resume with the config and version it was "
-          "written with (the run's config.json), or start a new run in another --workdir.")
-    padded, problems = False, []
+          f"written with{self._config_note}, or start a new run in {self._elsewhere}.")
+    padded, problems, unknown_size = False, [], False
     for key, leaf in target.items():
       if key not in saved or not hasattr(leaf, "shape"):
         continue
@@ -353,12 +366,17 @@ class Checkpointer:
         padded = True
         continue
       problems.append(f"{'/'.join(map(str, key))}: checkpoint {old}, now {new}")
+      if num_samples is None and len(old) == len(new) >= 1 and old[1:] == new[1:]:
+        unknown_size = True
     if problems:
+      padding_hint = (" If only the device count changed, pass the dataset size as "
+                      "Checkpointer(num_samples=N) so the per-sample padding may differ."
+                      if unknown_size else "")
       raise IncompatibleCheckpointError(
           f"checkpoint step {step} in {self.directory} holds arrays of other shapes than this "
           f"run builds: {'; '.join(problems[:5])}. The model or dataset config differs from the "
-          "one it was written with; resume with that config (the run's config.json) or start a "
-          "new run in another --workdir.")
+          f"one it was written with; resume with that config{self._config_note} or start a new "
+          f"run in {self._elsewhere}.{padding_hint}")
     return padded
 
   def wait(self) -> None:

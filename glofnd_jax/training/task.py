@@ -92,7 +92,7 @@ class Task:
     return checkpoint_lib.Checkpointer(
         self.workdir / "checkpoints", max_to_keep=self.config.keep_checkpoints,
         fingerprint=checkpoint_lib.config_fingerprint(self.config, self.num_samples),
-        position_is_global=True, on_restore=self.on_restore,
+        position_is_global=True, on_restore=self.on_restore, workdir_messages=True,
         may_change=("seed",) if self.config.get("allow_seed_change", False) else ())
 
   def preflight(self, evaluate: bool = True) -> list[str]:
