@@ -1,0 +1,91 @@
+"""``false_negatives.png``: the selection of anchors and pairs, and the file a run writes."""
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_train import DIGITS, load_config, tiny
+
+from glofnd_jax import cli
+from glofnd_jax.evaluation import unimodal as unimodal_eval
+from glofnd_jax.evaluation.fn_examples import select_examples
+from glofnd_jax.training import loop
+
+
+def _clusters(num_samples=40, num_classes=4, dim=8, seed=0):
+  rng = np.random.default_rng(seed)
+  labels = np.arange(num_samples) % num_classes
+  centres = rng.normal(size=(num_classes, dim))
+  features = centres[labels] + 0.5 * rng.normal(size=(num_samples, dim))
+  return features / np.linalg.norm(features, axis=1, keepdims=True), labels
+
+
+def _check_against_brute_force(pairs, anchor_features, candidates, lam, labels, per_anchor):
+  sims = anchor_features @ candidates.T
+  for anchor in {p.anchor for p in pairs}:
+    mine = [p for p in pairs if p.anchor == anchor]
+    others = np.array([j for j in range(len(lam)) if j != anchor])
+    flagged = others[sims[anchor, others] > lam[anchor]]
+    kept = others[sims[anchor, others] <= lam[anchor]]
+    top = lambda js: list(js[np.argsort(-sims[anchor, js], kind="stable")][:per_anchor])
+    assert [p.neighbour for p in mine if p.flagged] == top(flagged)
+    assert [p.neighbour for p in mine if not p.flagged] == top(kept)
+    assert top(flagged), "an anchor without a flagged negative was chosen"
+    for p in mine:
+      assert p.neighbour != anchor and p.lam == pytest.approx(lam[anchor])
+      assert p.similarity == pytest.approx(sims[anchor, p.neighbour], abs=1e-5)
+      assert (p.similarity > p.lam) == p.flagged
+      assert p.same_class == (labels[anchor] == labels[p.neighbour])
+
+
+def test_selection_flags_above_lambda_and_marks_the_class():
+  features, labels = _clusters()
+  lam = np.full(len(labels), 2.0, np.float32)  # nothing above 2: no flags
+  eligible = [3, 8, 13, 21, 30, 37, 39, 5]
+  lam[eligible] = np.linspace(0.3, 0.8, len(eligible))
+  pairs = select_examples(features, lam, labels, num_anchors=6, per_anchor=3, seed=1,
+                          chunk_size=5)
+  anchors = list(dict.fromkeys(p.anchor for p in pairs))
+  assert len(anchors) == 6 and set(anchors) <= set(eligible)
+  assert any(p.flagged for p in pairs) and any(not p.flagged for p in pairs)
+  assert {p.same_class for p in pairs} == {True, False}
+  _check_against_brute_force(pairs, features, features, lam, labels, per_anchor=3)
+  # Fixed by the seed, whatever the chunking; fewer anchors than asked when fewer qualify.
+  assert pairs == select_examples(features, lam, labels, num_anchors=6, per_anchor=3, seed=1)
+  assert len({p.anchor for p in select_examples(features, lam, labels, num_anchors=20)}) == 8
+  assert select_examples(features, np.full(len(labels), 2.0), labels) == []
+
+
+def test_cross_modal_selection_excludes_the_positive_and_unknown_labels_are_none():
+  images, labels = _clusters(seed=2)
+  texts, _ = _clusters(seed=3)
+  lam = np.full(len(labels), 0.2, np.float32)
+  pairs = select_examples(images, lam, labels, candidates=texts, num_anchors=4, per_anchor=2)
+  assert len({p.anchor for p in pairs}) == 4
+  _check_against_brute_force(pairs, images, texts, lam, labels, per_anchor=2)
+  pairs = select_examples(images, lam, None, candidates=texts, num_anchors=2)
+  assert pairs and all(p.same_class is None for p in pairs)
+
+
+def test_a_run_and_glofnd_jax_eval_write_the_picture_of_flagged_pairs(tmp_path, monkeypatch):
+  config = tiny(load_config(DIGITS))
+  config.eval.transfer = ()
+  chosen = []
+
+  def recording(*args, **kwargs):
+    chosen.append(select_examples(*args, **kwargs))
+    return chosen[-1]
+
+  monkeypatch.setattr(unimodal_eval, "select_examples", recording)
+  loop.train_and_evaluate(config, tmp_path)
+  picture = tmp_path / "false_negatives.png"
+  assert picture.exists()
+  pairs = chosen[-1]
+  assert len({p.anchor for p in pairs}) == unimodal_eval.PICTURE_ANCHORS
+  assert all((p.similarity > p.lam) == p.flagged for p in pairs) and any(p.flagged for p in pairs)
+  assert all(p.same_class is not None for p in pairs)
+  width, height = Image.open(picture).size
+  assert height > width / 3  # six rows of anchors
+
+  picture.unlink()
+  assert cli.main(["eval", f"--workdir={tmp_path}"]) == 0
+  assert picture.exists() and chosen[-1] == pairs  # same features, lambdas and seed
