@@ -1,14 +1,17 @@
-"""``false_negatives.png``: the selection of anchors and pairs, and the file a run writes."""
+"""``false_negatives.png``: the selection of anchors and pairs, and the picture the evaluation
+draws (that a tiny run and ``glofnd-jax eval`` write it: tests/test_train.py::
+test_cli_train_then_eval)."""
+
+import types
 
 import numpy as np
 import pytest
 from PIL import Image
 from test_train import DIGITS, load_config, tiny
 
-from glofnd_jax import cli
+from glofnd_jax.data.synthetic import SyntheticSource
 from glofnd_jax.evaluation import unimodal as unimodal_eval
 from glofnd_jax.evaluation.fn_examples import select_examples
-from glofnd_jax.training import loop
 
 
 def _clusters(num_samples=40, num_classes=4, dim=8, seed=0):
@@ -66,9 +69,17 @@ def test_cross_modal_selection_excludes_the_positive_and_unknown_labels_are_none
   assert pairs and all(p.same_class is None for p in pairs)
 
 
-def test_a_run_and_glofnd_jax_eval_write_the_picture_of_flagged_pairs(tmp_path, monkeypatch):
+def _fake_run(tmp_path, num_samples=24):
+  """What :func:`unimodal_eval.draw_examples` reads of a run, on synthetic images."""
   config = tiny(load_config(DIGITS))
-  config.eval.transfer = ()
+  source = SyntheticSource(num_samples, image_shape=(8, 8, 1), num_classes=4)
+  return types.SimpleNamespace(config=config, source=source, workdir=tmp_path)
+
+
+def test_the_evaluation_draws_flagged_pairs_and_removes_a_stale_picture(tmp_path, monkeypatch,
+                                                                       capsys):
+  run = _fake_run(tmp_path)
+  features, labels = _clusters(len(run.source), num_classes=4)
   chosen = []
 
   def recording(*args, **kwargs):
@@ -76,16 +87,13 @@ def test_a_run_and_glofnd_jax_eval_write_the_picture_of_flagged_pairs(tmp_path, 
     return chosen[-1]
 
   monkeypatch.setattr(unimodal_eval, "select_examples", recording)
-  loop.train_and_evaluate(config, tmp_path)
-  picture = tmp_path / "false_negatives.png"
-  assert picture.exists()
+  path = unimodal_eval.draw_examples(run, features, labels, np.full(len(labels), 0.6))
+  assert path == tmp_path / "false_negatives.png" and path.exists()
   pairs = chosen[-1]
   assert len({p.anchor for p in pairs}) == unimodal_eval.PICTURE_ANCHORS
-  assert all((p.similarity > p.lam) == p.flagged for p in pairs) and any(p.flagged for p in pairs)
-  assert all(p.same_class is not None for p in pairs)
-  width, height = Image.open(picture).size
-  assert height > width / 3  # six rows of anchors
-
-  picture.unlink()
-  assert cli.main(["eval", f"--workdir={tmp_path}"]) == 0
-  assert picture.exists() and chosen[-1] == pairs  # same features, lambdas and seed
+  assert any(p.flagged for p in pairs) and all((p.similarity > p.lam) == p.flagged for p in pairs)
+  width, height = Image.open(path).size
+  assert height > width / 3  # one row per anchor
+  # Nothing flagged: no picture, and not the earlier one either.
+  assert unimodal_eval.draw_examples(run, features, labels, np.full(len(labels), 2.0)) is None
+  assert not path.exists() and "not drawn" in capsys.readouterr().out
