@@ -10,8 +10,9 @@ from PIL import Image
 from test_train import DIGITS, load_config, tiny
 
 from glofnd_jax.data.synthetic import SyntheticSource
+from glofnd_jax.evaluation import image_text as image_text_eval
 from glofnd_jax.evaluation import unimodal as unimodal_eval
-from glofnd_jax.evaluation.fn_examples import select_examples
+from glofnd_jax.evaluation.fn_examples import PICTURE_ANCHORS, select_examples
 
 
 def _clusters(num_samples=40, num_classes=4, dim=8, seed=0):
@@ -90,10 +91,39 @@ def test_the_evaluation_draws_flagged_pairs_and_removes_a_stale_picture(tmp_path
   path = unimodal_eval.draw_examples(run, features, labels, np.full(len(labels), 0.6))
   assert path == tmp_path / "false_negatives.png" and path.exists()
   pairs = chosen[-1]
-  assert len({p.anchor for p in pairs}) == unimodal_eval.PICTURE_ANCHORS
+  assert len({p.anchor for p in pairs}) == PICTURE_ANCHORS
   assert any(p.flagged for p in pairs) and all((p.similarity > p.lam) == p.flagged for p in pairs)
   width, height = Image.open(path).size
   assert height > width / 3  # one row per anchor
   # Nothing flagged: no picture, and not the earlier one either.
   assert unimodal_eval.draw_examples(run, features, labels, np.full(len(labels), 2.0)) is None
   assert not path.exists() and "not drawn" in capsys.readouterr().out
+
+
+class _Pairs:
+  """The two reads :func:`image_text_eval.draw_examples` makes of a pair source."""
+
+  def __init__(self, num_samples):
+    self.images = SyntheticSource(num_samples, image_shape=(8, 8, 3), num_classes=4)
+
+  def read_image(self, position):
+    return self.images[position]["image"]
+
+  def read_caption(self, position):
+    return f"a picture of class {position % 4} number {position}"
+
+
+def test_image_text_picture_shows_the_captions_of_image_anchors(tmp_path, monkeypatch):
+  images, labels = _clusters(24, num_classes=4, seed=4)
+  texts = images + 0.1 * np.random.default_rng(5).normal(size=images.shape)
+  run = _fake_run(tmp_path)
+  captions = []
+  source = _Pairs(len(labels))
+  monkeypatch.setattr(source, "read_caption",
+                      lambda p: captions.append(p) or _Pairs.read_caption(source, p))
+  train = {"image": images, "text": texts, "labels": labels}
+  path = image_text_eval.draw_examples(run, source, train, np.full(len(labels), 0.6))
+  assert path == tmp_path / "false_negatives.png" and path.exists()
+  pairs = select_examples(images, np.full(len(labels), 0.6), labels, candidates=texts,
+                          seed=run.config.seed)
+  assert any(p.flagged for p in pairs) and sorted(captions) == sorted(p.neighbour for p in pairs)

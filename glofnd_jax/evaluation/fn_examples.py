@@ -20,6 +20,11 @@ import numpy as np
 
 from glofnd_jax import similarity
 
+# What false_negatives.png shows: this many anchors, each with up to this many flagged and this
+# many kept negatives.
+PICTURE_ANCHORS = 6
+PICTURE_PER_ANCHOR = 4
+
 
 @dataclasses.dataclass(frozen=True)
 class ExamplePair:
@@ -46,8 +51,8 @@ def _rows(anchor_features, candidates):
   return similarity.cosine(anchor_features, candidates)
 
 
-def select_examples(features, lam, labels=None, *, candidates=None, num_anchors: int = 6,
-                    per_anchor: int = 4, seed: int = 0, chunk_size: int = 64,
+def select_examples(features, lam, labels=None, *, candidates=None, num_anchors: int = PICTURE_ANCHORS,
+                    per_anchor: int = PICTURE_PER_ANCHOR, seed: int = 0, chunk_size: int = 64,
                     normalize: bool = True) -> list[ExamplePair]:
   """Anchors with flagged candidates, each with its most similar flagged and kept candidates.
 

@@ -24,11 +24,6 @@ from glofnd_jax.evaluation.fn_examples import select_examples
 from glofnd_jax.models.encoder import Encoder
 from glofnd_jax.training.plots import draw_false_negatives
 
-# The false-negative picture: this many anchors (drawn with config.seed), each with up to this
-# many flagged and this many kept negatives.
-PICTURE_ANCHORS = 6
-PICTURE_PER_ANCHOR = 4
-
 
 def run_features(run, state, source):
   """Backbone features, projections, labels of every record of ``source`` (source order)."""
@@ -64,19 +59,13 @@ def draw_examples(run, projections, labels, lam):
   """``false_negatives.png`` of the run from the evaluation's training-split projections and
   thresholds; returns its path (None when no anchor has a flagged negative)."""
   c = run.config
-  pairs = select_examples(projections, lam, labels, num_anchors=PICTURE_ANCHORS,
-                          per_anchor=PICTURE_PER_ANCHOR, seed=c.seed)
+  pairs = select_examples(projections, lam, labels, seed=c.seed)
   size = (c.data.image_size, c.data.image_size)
 
   def image(index):  # as the model saw it, before augmentation
     return resize_image(decode_image(run.source[index]["image"], c.data.channels), size)
 
-  path = run.workdir / "false_negatives.png"
-  path.unlink(missing_ok=True)  # a picture of an earlier evaluation must not stay as this one's
-  if not pairs:
-    print("false_negatives.png not drawn: no training anchor has a negative above its lambda.")
-    return None
-  return draw_false_negatives(path, pairs, image, image,
+  return draw_false_negatives(run.workdir / "false_negatives.png", pairs, image, image,
                               title=f"false negatives, {c.data.name} {c.data.train_split}")
 
 

@@ -245,9 +245,13 @@ def draw_false_negatives(path, pairs, anchor_image, neighbour_image=None, neighb
     title: the figure's title.
 
   Each candidate is captioned with ``s`` and the anchor's ``lambda`` and, when labels are known,
-  "same class" (green) or "other class" (red). Returns ``path``, or None when there are no pairs.
+  "same class" (green) or "other class" (red). Returns ``path``, or None when there are no pairs
+  (then ``path`` is removed: a picture of an earlier evaluation must not pass for this one's).
   """
+  path = pathlib.Path(path)
+  path.unlink(missing_ok=True)
   if not pairs:
+    print(f"{path.name} not drawn: no anchor has a negative above its lambda.")
     return None
   anchors = list(dict.fromkeys(p.anchor for p in pairs))
   rows = {a: ([p for p in pairs if p.anchor == a and p.flagged],
@@ -277,7 +281,6 @@ def draw_false_negatives(path, pairs, anchor_image, neighbour_image=None, neighb
                 transform=ax.transAxes)
   fig.suptitle(f"{title}: flagged (s > lambda) | kept (s <= lambda)", fontsize=8)
   fig.tight_layout()
-  path = pathlib.Path(path)
   fig.savefig(path, dpi=100)
   plt.close(fig)
   return path
