@@ -51,8 +51,9 @@ def _rows(anchor_features, candidates):
   return similarity.cosine(anchor_features, candidates)
 
 
-def select_examples(features, lam, labels=None, *, candidates=None, num_anchors: int = PICTURE_ANCHORS,
-                    per_anchor: int = PICTURE_PER_ANCHOR, seed: int = 0, chunk_size: int = 64,
+def select_examples(features, lam, labels=None, *, candidates=None,
+                    num_anchors: int = PICTURE_ANCHORS, per_anchor: int = PICTURE_PER_ANCHOR,
+                    seed: int = 0, chunk_size: int = 16,
                     normalize: bool = True) -> list[ExamplePair]:
   """Anchors with flagged candidates, each with its most similar flagged and kept candidates.
 
