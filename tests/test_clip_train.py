@@ -63,6 +63,9 @@ def test_cc3m_configs_train_and_evaluate(name, tower, shards, tmp_path, capsys):
     assert len(scales) > 1
   for plot in ("loss.png", "kept_fraction.png", "lambda_histogram.png"):
     assert (tmp_path / plot).exists(), plot
+  # Image anchors beside their flagged captions, drawn when some caption is flagged.
+  flagged = results["false_negatives"]["image"]["num_flagged"] > 0
+  assert (tmp_path / "false_negatives.png").exists() == flagged
 
 
 def test_retrieval_ranks_and_chance_levels():

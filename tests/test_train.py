@@ -103,9 +103,13 @@ def test_cli_train_then_eval(tmp_path, capsys):
                "--config.model.proj_hidden_dim=16", "--config.data.read_threads=0"]
   assert cli.main(["train", f"--config={config_file}", f"--workdir={workdir}", *overrides]) == 0
   assert "kNN top-1" in capsys.readouterr().out
+  # Drawn only when some anchor has a flagged negative (tests/test_fn_picture.py: what it shows).
+  assert (workdir / "false_negatives.png").exists()
+  (workdir / "false_negatives.png").unlink()
   assert cli.main(["eval", f"--workdir={workdir}"]) == 0
   out = capsys.readouterr().out
   assert "evaluating step 4" in out and "Linear probe" in out
+  assert (workdir / "false_negatives.png").exists()
 
 
 def test_cli_reports_misspelt_config_key(tmp_path, capsys):

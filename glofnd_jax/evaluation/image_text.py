@@ -11,7 +11,9 @@ With the frozen model on un-augmented images (:func:`glofnd_jax.augment.eval_vie
 * **false negatives** (training pairs, when every pair has a class label): the learned rule
   ``s(x_i, t_j) > lambda^img_i`` (image anchors) and ``s(t_i, x_j) > lambda^txt_i`` (text
   anchors) over pairs ``i != j``, judged by ``label_i == label_j``; and the in-training detector's
-  precision/recall over the last epoch (from ``metrics.jsonl``).
+  precision/recall over the last epoch (from ``metrics.jsonl``). ``false_negatives.png`` shows a
+  few image anchors beside the captions they flag and the most similar ones they keep
+  (:mod:`~glofnd_jax.evaluation.fn_examples`, from the same features and thresholds).
 
 Writes ``results.json`` (:func:`glofnd_jax.evaluation.report.write_results`) and prints a table.
 The keys are listed in ``docs/BIMODAL.md``.
@@ -25,12 +27,15 @@ import numpy as np
 from glofnd_jax import augment as augment_lib
 from glofnd_jax import data as data_lib
 from glofnd_jax import evaluation as ev
+from glofnd_jax.data.decode import decode_image, resize_image
 from glofnd_jax.data.pairs.contract import PairSubset
 from glofnd_jax.data.pairs.pipeline import make_pair_iterator
 from glofnd_jax.evaluation.features import state_variables
+from glofnd_jax.evaluation.fn_examples import select_examples
 from glofnd_jax.evaluation.retrieval import retrieval
 from glofnd_jax.evaluation.zero_shot import class_embeddings, zero_shot
 from glofnd_jax.models.clip import CLIP
+from glofnd_jax.training.plots import draw_false_negatives
 
 # ----------------------------------------------------------------------------- features
 
@@ -108,6 +113,23 @@ def _zero_shot_images(run, state, test_features, test_source):
   return images, fields["label"], names
 
 
+def draw_examples(run, source, train, lam_img):
+  """``false_negatives.png``: image anchors of ``source`` (positions of ``train``, the features
+  :func:`embed_pairs` gave) beside the captions whose similarity passes their lambda
+  (``lam_img``, per position) and the most similar ones that do not."""
+  c = run.config
+  pairs = select_examples(train["image"], lam_img, train["labels"], candidates=train["text"],
+                          seed=c.seed)
+  size = (c.data.image_size, c.data.image_size)
+
+  def image(position):  # as the model saw it, before augmentation
+    return resize_image(decode_image(source.read_image(position), c.data.channels), size)
+
+  return draw_false_negatives(run.workdir / "false_negatives.png", pairs, image,
+                              neighbour_text=source.read_caption,
+                              title=f"captions flagged for images, {c.data.name} train")
+
+
 def evaluate_clip_run(run, state) -> dict:
   """Evaluate ``state`` of an image-text task (:class:`~glofnd_jax.training.image_text.ClipRun`);
   write and print results."""
@@ -135,13 +157,13 @@ def evaluate_clip_run(run, state) -> dict:
       chosen = np.sort(rng.choice(len(source), c.eval.fn_max_samples, replace=False))
       source = PairSubset(source, chosen)
     train = embed_pairs(run, state, source, embed)
-    false_negatives = {}
+    false_negatives, lam = {}, {}
     for side, anchors, candidates, thresholds in (
         ("image", train["image"], train["text"], state.per_sample.thresholds_img),
         ("text", train["text"], train["image"], state.per_sample.thresholds_txt)):
-      lam = ev.per_sample_lambda(thresholds[0].lam, run.num_samples)
+      lam[side] = ev.per_sample_lambda(thresholds[0].lam, run.num_samples)[train["keys"]]
       false_negatives[side] = ev.false_negative_precision_recall(
-          anchors, train["labels"], lam[train["keys"]], candidates=candidates)
+          anchors, train["labels"], lam[side], candidates=candidates)
   meta = {
       "config": c.to_dict(), "num_train_pairs": run.num_records, "data_size": run.num_samples,
       "num_test_pairs": 0 if test is None else int(len(test["keys"])),
@@ -154,4 +176,6 @@ def evaluate_clip_run(run, state) -> dict:
   results = ev.build_results(retrieval=retrieved, zero_shot=zero_shot_result,
                              false_negatives=false_negatives, meta=meta)
   ev.write_and_print(results, run.workdir)
+  if false_negatives is not None:
+    draw_examples(run, source, train, lam["image"])
   return results

@@ -6,7 +6,9 @@ features; false-negative precision/recall of the learned thresholds ``s_ij > lam
 error of lambda against the exact dataset-wide (1 - alpha) quantile, both on projection
 features (the space lambda lives in) of the training split; and the detector's precision/recall
 during the last training epoch (any mode). Nothing is selected on the test split. Writes
-``results.json`` and prints the table.
+``results.json``, prints the table, and (GloFND modes) draws ``false_negatives.png``: a few
+training anchors beside their most similar flagged and kept negatives, from the same projection
+features and thresholds (:mod:`~glofnd_jax.evaluation.fn_examples`).
 """
 
 from __future__ import annotations
@@ -16,8 +18,11 @@ import numpy as np
 from glofnd_jax import augment as augment_lib
 from glofnd_jax import data
 from glofnd_jax import evaluation as ev
+from glofnd_jax.data.decode import decode_image, resize_image
 from glofnd_jax.evaluation.features import state_variables
+from glofnd_jax.evaluation.fn_examples import select_examples
 from glofnd_jax.models.encoder import Encoder
+from glofnd_jax.training.plots import draw_false_negatives
 
 
 def run_features(run, state, source):
@@ -48,6 +53,20 @@ def _transfer_spec(spec: str) -> tuple[str, str, str]:
 def _open(run, name: str, split: str):
   d = run.config.data
   return data.get_source(name, split, data_dir=d.data_dir or None, workdir=run.workdir)
+
+
+def draw_examples(run, projections, labels, lam):
+  """``false_negatives.png`` of the run from the evaluation's training-split projections and
+  thresholds; returns its path (None when no anchor has a flagged negative)."""
+  c = run.config
+  pairs = select_examples(projections, lam, labels, seed=c.seed)
+  size = (c.data.image_size, c.data.image_size)
+
+  def image(index):  # as the model saw it, before augmentation
+    return resize_image(decode_image(run.source[index]["image"], c.data.channels), size)
+
+  return draw_false_negatives(run.workdir / "false_negatives.png", pairs, image, image,
+                              title=f"false negatives, {c.data.name} {c.data.train_split}")
 
 
 def evaluate_run(run, state) -> dict:
@@ -92,4 +111,6 @@ def evaluate_run(run, state) -> dict:
             "train_detector_last_epoch": ev.last_epoch_detector(
                 run.workdir, run.steps_per_epoch, sides=run.detector_sides)})
   ev.write_and_print(results, run.workdir)
+  if false_negatives is not None:
+    draw_examples(run, train_z, train_y, lam)
   return results

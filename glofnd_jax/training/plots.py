@@ -11,6 +11,8 @@ each of the task's detector sides (``img``; image-text adds ``txt``, drawn as it
   steps where a value is undefined (NaN: nothing flagged) are gaps, not zeros.
 * ``lambda_histogram.png``: the distribution of lambda at each snapshot epoch (one line each),
   on the range the values occupy; image and text thresholds in separate panels.
+* ``false_negatives.png`` (written by the evaluation, :func:`draw_false_negatives`): a few
+  anchors, each beside its most similar flagged negatives and its most similar kept ones.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import textwrap
 import zipfile
 
 import matplotlib
@@ -214,3 +217,70 @@ def plot_run(workdir, spec: PlotSpec) -> list[pathlib.Path]:
       _lambda_plot(workdir, spec),
   ]
   return [p for p in written if p is not None]
+
+
+def _show_image(ax, image) -> None:
+  image = np.asarray(image)
+  if image.ndim == 3 and image.shape[-1] == 1:
+    ax.imshow(image[:, :, 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+  else:
+    ax.imshow(image, interpolation="nearest")
+
+
+def _show_text(ax, text: str) -> None:
+  ax.text(0.5, 0.5, textwrap.fill(text, 18), ha="center", va="center", fontsize=7,
+          wrap=True, transform=ax.transAxes)
+
+
+def draw_false_negatives(path, pairs, anchor_image, neighbour_image=None, neighbour_text=None,
+                         *, title: str = "false negatives found by lambda") -> pathlib.Path | None:
+  """One row per anchor: the anchor, its flagged negatives, then its kept ones.
+
+  Args:
+    path: the PNG to write.
+    pairs: :class:`~glofnd_jax.evaluation.fn_examples.ExamplePair` rows grouped by anchor.
+    anchor_image: ``index -> uint8 (H, W, C)`` image of an anchor.
+    neighbour_image: ``index -> image`` of a candidate (same-modal runs), or
+    neighbour_text: ``index -> caption`` of a candidate (image-text runs).
+    title: the figure's title.
+
+  Each candidate is captioned with ``s`` and the anchor's ``lambda`` and, when labels are known,
+  "same class" (green) or "other class" (red). Returns ``path``, or None when there are no pairs
+  (then ``path`` is removed: a picture of an earlier evaluation must not pass for this one's).
+  """
+  path = pathlib.Path(path)
+  path.unlink(missing_ok=True)
+  if not pairs:
+    print(f"{path.name} not drawn: no anchor has a negative above its lambda.")
+    return None
+  anchors = list(dict.fromkeys(p.anchor for p in pairs))
+  rows = {a: ([p for p in pairs if p.anchor == a and p.flagged],
+              [p for p in pairs if p.anchor == a and not p.flagged]) for a in anchors}
+  width = max(max(len(f) for f, _ in rows.values()), max(len(k) for _, k in rows.values()), 1)
+  fig, axes = plt.subplots(len(anchors), 1 + 2 * width, squeeze=False,
+                           figsize=(1.3 * (1 + 2 * width), 1.6 * len(anchors) + 0.4))
+  for row, anchor in zip(axes, anchors):
+    for ax in row:
+      ax.axis("off")
+    _show_image(row[0], anchor_image(anchor))
+    row[0].set_title(f"anchor {anchor}", fontsize=7)
+    flagged, kept = rows[anchor]
+    for column, pair in [(1 + i, p) for i, p in enumerate(flagged)] + [
+        (1 + width + i, p) for i, p in enumerate(kept)]:
+      ax = row[column]
+      if neighbour_text is not None:
+        _show_text(ax, neighbour_text(pair.neighbour))
+      else:
+        _show_image(ax, neighbour_image(pair.neighbour))
+      verdict = {True: ("same class", "green"), False: ("other class", "red")}.get(
+          pair.same_class, ("", "black"))
+      ax.set_title(f"{'flagged' if pair.flagged else 'kept'} s={pair.similarity:.3f}\n"
+                   f"lambda={pair.lam:.3f}", fontsize=6)
+      if verdict[0]:
+        ax.text(0.5, -0.08, verdict[0], color=verdict[1], fontsize=6, ha="center", va="top",
+                transform=ax.transAxes)
+  fig.suptitle(f"{title}: flagged (s > lambda) | kept (s <= lambda)", fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
