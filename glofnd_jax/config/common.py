@@ -17,10 +17,11 @@ from glofnd_jax import detection, errors, thresholds, treatments
 from glofnd_jax.training import nonfinite as nonfinite_lib
 
 
-def _override(section: ml_collections.ConfigDict, overrides: dict, what: str) -> None:
+def _override(section: ml_collections.ConfigDict, overrides: dict, what: str,
+              prefix: str = "") -> None:
   for key, value in overrides.items():
     if key not in section:
-      raise KeyError(f"{what}: unknown field {key}")
+      raise KeyError(f"{what}: unknown field {prefix}{key}")
     section[key] = value
 
 
@@ -67,7 +68,7 @@ def glofnd_section(**overrides) -> ml_collections.ConfigDict:
   # A start epoch >= epochs is refused before training (GloFND would never act); True trains
   # so anyway, with a warning (e.g. a short smoke run of a long recipe).
   g.allow_late_start = False
-  _override(g, overrides, "glofnd_section (glofnd.*)")
+  _override(g, overrides, "glofnd_section", prefix="glofnd.")
   return g
 
 
