@@ -154,7 +154,9 @@ class Outputs:
 
   def restart_clock(self) -> None:
     """After the first (compiling) step: rate and ETA count only the steps from here on."""
-    self.bar.start_t, self.bar.initial = self.bar._time(), self.bar.n
+    if self.bar.disable:  # processes other than 0 show no bar (tqdm then keeps no clock)
+      return
+    self.bar.start_t, self.bar.initial = self.bar._time(), self.bar.n  # tqdm's own clock
 
   def snapshot(self, done: int, state) -> None:
     """At epoch ends (every ``lambda_snapshot_every_epochs`` and the last): lambda histogram."""
