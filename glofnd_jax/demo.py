@@ -92,8 +92,11 @@ def run(mode: str, args) -> dict:
             "final_loss": float(history[-1]["loss"])}
   tail = history[-steps_per_epoch:]
   for key_name in ("fn_precision", "fn_recall", "kept_fraction"):
-    # nanmean: precision is undefined (NaN) at steps where nothing was flagged.
-    result[key_name] = float(np.nanmean([float(m[key_name]) for m in tail]))
+    # Precision is undefined (NaN) at steps where nothing was flagged: the mean of the defined
+    # steps, NaN (no warning) when none is.
+    values = np.array([float(m[key_name]) for m in tail])
+    defined = values[np.isfinite(values)]
+    result[key_name] = float(defined.mean()) if defined.size else float("nan")
   if config.mode == "glofnd":
     # Exact dataset-wide quantile of each anchor's similarities to every other sample, on
     # augmented views (the distribution lambda is learned from during training).
