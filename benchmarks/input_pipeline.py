@@ -6,10 +6,14 @@
 2. Host pipeline, pinned to 1 and to 2 cores (``os.sched_setaffinity``; the concurrency defaults
    follow the pinned cores): ``make_iterator`` with ``host_crop`` (two 224 random resized crops
    per image from one decode, uint8) over the ArrayRecord file. Images/s (wall) and CPU-ms per
-   image (process CPU time, all threads, / images). When torch and torchvision import, the
-   authors' DataLoader (two views of ``RandomResizedCrop(224) + ColorJitter + Grayscale +
-   GaussianBlur + Flip + ToTensor + Normalize`` from the same JPEG folder, ``num_workers`` =
-   cores) is timed the same way, interleaved with ours; otherwise it is skipped with a message.
+   image (process CPU time, all threads, / images); ``crop_views`` alone on 1 core is the floor
+   under the pipeline's overhead. When ``--torch-python`` (default: this Python) imports torch
+   and torchvision, the authors' DataLoader (``torchvision_loader.py``: two views of
+   ``RandomResizedCrop(224) + ColorJitter + Grayscale + GaussianBlur + Flip + ToTensor +
+   Normalize`` from the same JPEG folder, ``num_workers`` = cores), and the same loader with the
+   crop + resize only (what our host does; the rest of ours runs on the accelerator), run in a
+   subprocess pinned to the same cores, interleaved with ours; otherwise they are skipped with a
+   message. Each block records the 1-minute load average (the machine may be shared).
    The cores each needs for the one-H100 ResNet-50 step rate (2,818 images/s, BENCHMARKS.md) =
    CPU-ms per image x 2.818.
 3. End to end: the real jitted train step of a tiny model (small CNN, host crops at
@@ -17,14 +21,19 @@
    same step on one device batch reused (synthetic input: no input cost), interleaved blocks;
    the ratio real / synthetic images/s is 1 when input is not the bottleneck.
 
-    python benchmarks/input_pipeline.py [--quick] [--images 300] [--out FILE]
+    python benchmarks/input_pipeline.py [--quick] [--images 320] [--out FILE]
+        [--skip-end-to-end] [--torch-python /path/to/venv/bin/python]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import os
 import pathlib
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -32,6 +41,7 @@ import common
 import numpy as np
 from PIL import Image
 
+HERE = pathlib.Path(__file__).resolve().parent
 H100_IMAGES_PER_S = 2818  # ResNet-50 SogCLR + GloFND step, batch 256, bf16 (BENCHMARKS.md)
 
 
@@ -67,63 +77,68 @@ def time_host_pipeline(source, *, size: int, batch: int, batches: int) -> dict:
           "read_threads": iterator.read_options.num_threads, "workers": iterator.worker_count}
 
 
-def torchvision_loader(folder: pathlib.Path, size: int, batch: int, workers: int):
-  """The authors' transform (GloFND ``unimodal/train.py``), two views per image."""
-  import torch
-  from torchvision import datasets, transforms
-  from PIL import ImageFilter
-
-  class Blur:
-    def __call__(self, image):
-      return image.filter(ImageFilter.GaussianBlur(radius=np.random.uniform(0.1, 2.0)))
-
-  view = transforms.Compose([
-      transforms.RandomResizedCrop(size, scale=(0.08, 1.0)),
-      transforms.RandomApply([transforms.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
-      transforms.RandomGrayscale(p=0.2), transforms.RandomApply([Blur()], p=1.0),
-      transforms.RandomHorizontalFlip(), transforms.ToTensor(),
-      transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
-  dataset = datasets.ImageFolder(str(folder), lambda image: (view(image), view(image)))
-  return torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True,
-                                     num_workers=workers, persistent_workers=workers > 0)
+def time_crop_views(source, *, size: int, count: int) -> dict:
+  """``crop_views`` alone on ``count`` records in this thread: the pipeline's floor."""
+  from glofnd_jax.data import crops
+  config = crops.HostCropConfig(size=(size, size))
+  records = [source[i]["image"] for i in range(min(count, len(source)))]
+  cpu = time.process_time()
+  for i, record in enumerate(records):
+    crops.crop_views(record, np.random.default_rng((0, 0, i)), config, channels=3)
+  return {"images": len(records),
+          "cpu_ms_per_image": 1e3 * (time.process_time() - cpu) / len(records)}
 
 
-def process_tree_cpu_s() -> float:
-  """CPU seconds of this process and its (reaped and live) children: DataLoader workers."""
-  own = time.process_time()
-  try:
-    import resource
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    own += children.ru_utime + children.ru_stime
-  except ImportError:
-    pass
-  return own
+def torch_available(torch_python: str) -> bool:
+  check = subprocess.run([torch_python, "-c", "import torch, torchvision"], capture_output=True)
+  return check.returncode == 0
 
 
-def time_torchvision(loader, batches: int, batch: int) -> dict:
-  # Workers are fresh processes each epoch pass (not persistent across iter() here), so their
-  # CPU shows up in RUSAGE_CHILDREN once they exit: time a whole pass of `batches`.
-  cpu, wall = process_tree_cpu_s(), time.perf_counter()
-  iterator = iter(loader)
-  for _ in range(batches):
-    next(iterator)
-  del iterator
-  wall = time.perf_counter() - wall
-  cpu = process_tree_cpu_s() - cpu
-  images = batches * batch
-  return {"images": images, "images_per_s": images / wall, "cpu_ms_per_image": 1e3 * cpu / images,
-          "note": "includes loader start-up"}
+def time_torchvision(torch_python: str, folder, *, size: int, batch: int, batches: int,
+                     workers: int, crop_only: bool) -> dict:
+  """The authors' DataLoader in ``torch_python`` (``torchvision_loader.py``); the child inherits
+  this process's pinned cores."""
+  command = [torch_python, str(HERE / "torchvision_loader.py"), str(folder), "--size", str(size),
+             "--batch", str(batch), "--batches", str(batches), "--workers", str(workers)]
+  done = subprocess.run(command + (["--crop-only"] if crop_only else []), capture_output=True,
+                        text=True, check=True)
+  return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def host_phase(folder, source, *, cores_list, size, batch, batches, repeats, log) -> dict:
-  try:
-    import torch  # noqa: F401
-    import torchvision  # noqa: F401
-    have_torch = True
-  except ImportError:
-    have_torch = False
-    log("torch/torchvision not importable: the torchvision DataLoader comparison is skipped "
-        "(pip install torch torchvision to include it)")
+def summarise(blocks: list[dict]) -> dict:
+  cpu = common.spread([b["cpu_ms_per_image"] for b in blocks])
+  return {"cpu_ms_per_image": cpu, "images_per_s": common.spread([b["images_per_s"] for b in blocks]),
+          "blocks": blocks, "cores_for_h100_step": cpu["median"] * H100_IMAGES_PER_S / 1e3}
+
+
+def time_cores(folder, source, torch_python, *, cores, size, batch, batches, repeats, log):
+  """Interleaved blocks on ``cores`` pinned cores: ours, the authors' loader, its crop only."""
+  arms = {"ours": lambda: time_host_pipeline(source, size=size, batch=batch, batches=batches)}
+  if torch_python:
+    for name, crop_only in (("torchvision", False), ("torchvision_crop_only", True)):
+      arms[name] = functools.partial(time_torchvision, torch_python, folder, size=size,
+                                     batch=batch, batches=batches, workers=cores,
+                                     crop_only=crop_only)
+  runs = {name: [] for name in arms}
+  for _ in range(repeats):
+    for name, arm in arms.items():
+      runs[name].append(arm() | {"load_average_1min": os.getloadavg()[0]})
+  entry = {name: summarise(blocks) for name, blocks in runs.items()}
+  for name, result in entry.items():
+    log(f"{cores} core(s) {name}: {result['images_per_s']['median']:.0f} images/s, "
+        f"{result['cpu_ms_per_image']['median']:.2f} CPU-ms/image")
+  for name in set(entry) - {"ours"}:
+    entry[f"{name}_over_ours_cpu_ms"] = (entry[name]["cpu_ms_per_image"]["median"]
+                                         / entry["ours"]["cpu_ms_per_image"]["median"])
+  return entry
+
+
+def host_phase(folder, source, *, torch_python, cores_list, size, batch, batches, repeats,
+               log) -> dict:
+  if torch_python and not torch_available(torch_python):
+    log(f"torch/torchvision not importable by {torch_python}: the torchvision DataLoader "
+        "comparison is skipped (give --torch-python a Python that has them)")
+    torch_python = None
   original = os.sched_getaffinity(0)
   results = {}
   try:
@@ -132,29 +147,18 @@ def host_phase(folder, source, *, cores_list, size, batch, batches, repeats, log
         log(f"{cores} cores requested but only {len(original)} available: skipped")
         continue
       os.sched_setaffinity(0, set(sorted(original)[:cores]))
-      runs = {"ours": []} | ({"torchvision": []} if have_torch else {})
-      for _ in range(repeats):  # interleaved: ours, theirs, ours, theirs, ...
-        runs["ours"].append(time_host_pipeline(source, size=size, batch=batch, batches=batches))
-        if have_torch:
-          loader = torchvision_loader(folder, size, batch, workers=cores)
-          runs["torchvision"].append(time_torchvision(loader, batches, batch))
-      entry = {}
-      for name, blocks in runs.items():
-        cpu = common.spread([b["cpu_ms_per_image"] for b in blocks])
-        rate = common.spread([b["images_per_s"] for b in blocks])
-        entry[name] = {"cpu_ms_per_image": cpu, "images_per_s": rate, "blocks": blocks,
-                       "cores_for_h100_step": cpu["median"] * H100_IMAGES_PER_S / 1e3}
-        log(f"{cores} core(s) {name}: {rate['median']:.0f} images/s, "
-            f"{cpu['median']:.2f} CPU-ms/image")
-      if have_torch:
-        entry["torchvision_over_ours_cpu_ms"] = (entry["torchvision"]["cpu_ms_per_image"]["median"]
-                                                 / entry["ours"]["cpu_ms_per_image"]["median"])
-      results[f"{cores}_cores"] = entry
+      results[f"{cores}_cores"] = time_cores(folder, source, torch_python, cores=cores, size=size,
+                                             batch=batch, batches=batches, repeats=repeats,
+                                             log=log)
+    os.sched_setaffinity(0, set(sorted(original)[:1]))
+    alone = time_crop_views(source, size=size, count=batch * batches)
+    log(f"crop_views alone, 1 core: {alone['cpu_ms_per_image']:.2f} CPU-ms/image")
   finally:
     os.sched_setaffinity(0, original)
-  return {"torchvision": "measured" if have_torch else "skipped: torch not importable",
-          "image_size": size, "batch": batch, "batches_per_block": batches, "repeats": repeats,
-          "by_cores": results}
+  return {"torchvision": "measured" if torch_python else "skipped: torch not importable",
+          "torch_python": torch_python, "image_size": size, "batch": batch,
+          "batches_per_block": batches, "repeats": repeats, "by_cores": results,
+          "crop_views_alone_1_core": alone}
 
 
 def end_to_end_config(data_dir: str, size: int, batch: int, model: dict | None = None):
@@ -217,6 +221,9 @@ def main(argv=None) -> dict:
   parser.add_argument("--images", type=int, default=320)
   parser.add_argument("--skip-end-to-end", action="store_true")
   parser.add_argument("--out", type=pathlib.Path, default=None)
+  parser.add_argument("--torch-python", default=sys.executable,
+                      help="a Python with torch + torchvision for the authors' DataLoader arm "
+                      "(default: this one; skipped with a message when they do not import)")
   args = parser.parse_args(argv)
   started = time.time()
   log = lambda line: print(f"[input_pipeline {time.time() - started:5.0f} s] {line}", flush=True)
@@ -229,13 +236,14 @@ def main(argv=None) -> dict:
     e2e = None if args.skip_end_to_end else dict(size=64, batch=32, steps=8, repeats=3)
   from glofnd_jax import data
   report = {"benchmark": "input_pipeline", "quick": args.quick, "machine": common.machine(),
-            "command": "python benchmarks/input_pipeline.py" + (" --quick" if args.quick else ""),
+            "command": " ".join(["python benchmarks/input_pipeline.py", *(argv or sys.argv[1:])]),
             "images": images, "h100_step_images_per_s": H100_IMAGES_PER_S}
   with tempfile.TemporaryDirectory() as tmp:
     folder, dataset = prepare_dataset(pathlib.Path(tmp), images)
-    log(f"wrote and converted {images} JPEGs")
+    log(f"wrote and converted {images} JPEGs; load average {os.getloadavg()}")
     source = data.ArrayRecordImageSource(dataset, "train")
-    report["host"] = host_phase(folder, source, log=log, **host)
+    report["host"] = host_phase(folder, source, torch_python=args.torch_python, log=log,
+                                **host)
     if e2e is not None:
       report["end_to_end"] = end_to_end_phase(dataset, log=log, **e2e)
   report["wall_s"] = time.time() - started
