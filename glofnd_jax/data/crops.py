@@ -112,7 +112,7 @@ def draft_factor(boxes: np.ndarray, size: tuple[int, int]) -> int:
 
 # OpenCV's flags for a full or DCT-scaled (1/2, 1/4, 1/8) decode; IGNORE_ORIENTATION: pixels as
 # stored, as Pillow (and torchvision's loader) give them.
-_COLOR_FLAGS = {1: cv2.IMREAD_COLOR_BGR, 2: cv2.IMREAD_REDUCED_COLOR_2,
+_COLOR_FLAGS = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2,
                 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 _GRAY_FLAGS = {1: cv2.IMREAD_GRAYSCALE, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2,
                4: cv2.IMREAD_REDUCED_GRAYSCALE_4, 8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
