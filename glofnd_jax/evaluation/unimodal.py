@@ -26,7 +26,7 @@ from glofnd_jax.data.pipeline import decode_stage
 from glofnd_jax.evaluation.features import state_variables
 from glofnd_jax.evaluation.fn_examples import select_examples
 from glofnd_jax.models.encoder import Encoder
-from glofnd_jax.training.plots import draw_false_negatives
+from glofnd_jax.training.plots import FALSE_NEGATIVES_PLOT, draw_false_negatives
 
 
 def _policy(config) -> str:
@@ -86,7 +86,7 @@ def draw_examples(run, projections, labels, lam):
   def image(index):  # as the model saw it, before augmentation (a stand-in if it is one)
     return decode({**run.source[index], "index": index})["image"]
 
-  return draw_false_negatives(run.workdir / "false_negatives.png", pairs, image, image,
+  return draw_false_negatives(run.workdir / FALSE_NEGATIVES_PLOT, pairs, image, image,
                               title=f"false negatives, {c.data.name} {c.data.train_split}")
 
 
