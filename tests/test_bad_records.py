@@ -12,6 +12,8 @@ from PIL import Image
 
 from glofnd_jax import cli, errors
 from glofnd_jax.data import bad_records, pipeline, records
+from glofnd_jax.data.crops import HostCropConfig
+from glofnd_jax.training import preflight
 
 BAD_TRAIN, BAD_TEST = 5, 2  # the corrupt records' indices in their splits
 
@@ -64,6 +66,21 @@ def test_skip_puts_a_fixed_stand_in_of_the_batch_shape_in_place():
   assert not good[bad_records.FLAG]
   with pytest.raises(ValueError, match="image shape"):
     pipeline.decode_stage(channels=3, on_bad_sample="skip")  # no size: no stand-in shape
+  crops = pipeline.decode_stage(host_crop=HostCropConfig(size=4), channels=3,
+                                on_bad_sample="skip")
+  assert crops(bad)["image"].shape == (2, 4, 4, 3)  # both views of a host-cropped example
+
+
+def test_preflight_reads_the_image_shape_past_a_bad_first_record(tmp_path):
+  records.write_split(tmp_path, "train", [(b"junk", 0, "x/0.png"),
+                                          (_png(np.zeros((6, 6, 3), np.uint8)), 1, "x/1.png")])
+  records.write_info(tmp_path, records.ImageDatasetInfo(2, ["a", "b"], None, "encoded",
+                                                        splits={"train": 2}))
+  source = records.ArrayRecordImageSource(tmp_path, "train")
+  with pytest.raises(errors.DataError, match="on_bad_sample=skip"):
+    preflight.image_note(source, 8, 3, "train")
+  note = preflight.image_note(source, 8, 3, "train", skip_bad=True)
+  assert "resized from 6x6 (first record) to 8x8" in note
 
 
 def test_skipped_records_keep_batches_fixed_and_a_resume_exact(tmp_path):
