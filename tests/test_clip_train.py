@@ -7,8 +7,11 @@ import clip_fixtures
 import numpy as np
 import pytest
 
+from glofnd_jax.evaluation import image_text as image_text_eval
 from glofnd_jax.evaluation import retrieval as retrieval_lib
+from glofnd_jax.evaluation.fn_examples import select_examples
 from glofnd_jax.training import loop
+from glofnd_jax.training.plots import FALSE_NEGATIVES_PLOT, RUN_PLOTS
 
 
 @pytest.fixture(scope="module")
@@ -20,10 +23,18 @@ def shards(tmp_path_factory):
 # trains a tiny ViT here (the ResNet tower is the FastCLIP case's), so both towers train.
 @pytest.mark.parametrize("name,tower", [("cc3m_fastclip_glofnd", "modified_resnet"),
                                         ("cc3m_sogclr_glofnd", "vit")])
-def test_cc3m_configs_train_and_evaluate(name, tower, shards, tmp_path, capsys):
+def test_cc3m_configs_train_and_evaluate(name, tower, shards, tmp_path, capsys, monkeypatch):
   config = clip_fixtures.load_config(name)
   assert config.task == "clip" and config.model.image_tower == "modified_resnet"
   config = clip_fixtures.tiny(config, shards)
+  # Captions flagged from the first step, so false_negatives.png is drawn: lambda starts at each
+  # anchor's batch quantile of its top 10% (lam_init = 1 would not come down in 2 short epochs);
+  # the fixture's 8 distinct captions over 64 pairs make true cross-modal false negatives.
+  g = config.glofnd
+  g.start_update_epoch, g.start_mask_epoch, g.init_quantile, g.alpha = 0, 0, True, 0.1
+  chosen = []  # the real selection of the picture's pairs, kept to check what it shows
+  monkeypatch.setattr(image_text_eval, "select_examples",
+                      lambda *a, **k: chosen.append(select_examples(*a, **k)) or chosen[-1])
   if tower == "vit":
     config.model.image_tower, config.model.vision_width, config.model.vision_heads = "vit", 32, 4
     config.model.vit_layers, config.model.patch_size = 1, 8
@@ -61,11 +72,15 @@ def test_cc3m_configs_train_and_evaluate(name, tower, shards, tmp_path, capsys):
     assert len(scales) == 1 and scales.pop() == pytest.approx(1 / 0.07)
   else:
     assert len(scales) > 1
-  for plot in ("loss.png", "kept_fraction.png", "lambda_histogram.png"):
-    assert (tmp_path / plot).exists(), plot
-  # Image anchors beside their flagged captions, drawn when some caption is flagged.
-  flagged = results["false_negatives"]["image"]["num_flagged"] > 0
-  assert (tmp_path / "false_negatives.png").exists() == flagged
+  # Every plot, and image anchors beside their flagged captions (a new plot joins RUN_PLOTS).
+  assert results["false_negatives"]["image"]["num_flagged"] > 0
+  drawn = sorted(p.name for p in tmp_path.glob("*.png"))
+  assert drawn == sorted((*RUN_PLOTS, FALSE_NEGATIVES_PLOT))
+  assert any(p.flagged for p in chosen[-1])
+  if tower == "modified_resnet":  # `glofnd-jax eval` draws it too (once: it costs compiles)
+    (tmp_path / FALSE_NEGATIVES_PLOT).unlink()
+    loop.evaluate_workdir(tmp_path)
+    assert (tmp_path / FALSE_NEGATIVES_PLOT).exists() and any(p.flagged for p in chosen[-1])
 
 
 def test_retrieval_ranks_and_chance_levels():

@@ -10,7 +10,7 @@ import pytest
 
 from glofnd_jax import cli
 from glofnd_jax.config.common import load_config_file
-from glofnd_jax.training import loop
+from glofnd_jax.training import loop, plots
 
 CONFIGS = sorted(p for p in (pathlib.Path(__file__).resolve().parent.parent / "configs").glob("*.py")
                  if not p.name.startswith("_"))  # __init__.py makes the recipes a package
@@ -103,8 +103,10 @@ def test_cli_train_then_eval(tmp_path, capsys):
                "--config.model.proj_hidden_dim=16", "--config.data.read_threads=0"]
   assert cli.main(["train", f"--config={config_file}", f"--workdir={workdir}", *overrides]) == 0
   assert "kNN top-1" in capsys.readouterr().out
-  # Drawn only when some anchor has a flagged negative (tests/test_fn_picture.py: what it shows).
-  assert (workdir / "false_negatives.png").exists()
+  # Every plot (a new one joins RUN_PLOTS); false_negatives.png is drawn only when some anchor has
+  # a flagged negative (tests/test_fn_picture.py: what it shows).
+  drawn = sorted(p.name for p in workdir.glob("*.png"))
+  assert drawn == sorted((*plots.RUN_PLOTS, plots.FALSE_NEGATIVES_PLOT))
   (workdir / "false_negatives.png").unlink()
   assert cli.main(["eval", f"--workdir={workdir}"]) == 0
   out = capsys.readouterr().out

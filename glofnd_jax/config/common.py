@@ -14,6 +14,7 @@ import pathlib
 import ml_collections
 
 from glofnd_jax import detection, errors, thresholds, treatments
+from glofnd_jax.data import bad_records
 from glofnd_jax.training import nonfinite as nonfinite_lib
 
 
@@ -126,6 +127,9 @@ def _validate_data(d: ml_collections.ConfigDict) -> None:
     _require(d.image_size > 0, "data.image_size", d.image_size, "use a positive image size.")
   if "channels" in d:
     _require(d.channels in (1, 3), "data.channels", d.channels, "use 1 (grey) or 3 (RGB).")
+  if "on_bad_sample" in d:
+    _require(d.on_bad_sample in bad_records.POLICIES, "data.on_bad_sample", d.on_bad_sample,
+             "use 'fail' or 'skip'.")
   if name == "synthetic":
     count = d.get("synthetic_num_samples", 1)
     _require(count > 0, "data.synthetic_num_samples", count,

@@ -13,7 +13,6 @@ import ml_collections
 from glofnd_jax import detection, objectives, siglip
 from glofnd_jax.config import common as config_common
 from glofnd_jax.data.pairs.integrity import DAMAGED_SHARD_POLICIES
-from glofnd_jax.data.pairs.screening import BAD_SAMPLE_POLICIES
 from glofnd_jax.models import clip as clip_models
 from glofnd_jax.training import optim
 
@@ -133,8 +132,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
       "use 'v3' (learnable temperature) or 'v1' (constant).")
   req(config.loss.name in LOSS_NAMES, "loss.name", config.loss.name,
       f"choose one of {', '.join(n for n in LOSS_NAMES if n)} ('' = fastclip_<loss.version>).")
-  req(config.data.on_bad_sample in BAD_SAMPLE_POLICIES, "data.on_bad_sample",
-      config.data.on_bad_sample, "use 'skip' or 'fail'.")
   req(config.data.get("on_damaged_shard", "fail") in DAMAGED_SHARD_POLICIES,
       "data.on_damaged_shard", config.data.get("on_damaged_shard"), "use 'fail' or 'skip'.")
   req(config.model.image_tower in clip_models.IMAGE_TOWERS, "model.image_tower",

@@ -26,6 +26,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.test_split = "test"
   c.data.image_size = 8        # images are resized to this in the input pipeline
   c.data.channels = 1
+  # A record whose image does not decode: fail (one line naming its index and file) | skip (a
+  # stand-in image takes its place; logged, listed in results.json; glofnd_jax.data.bad_records)
+  c.data.on_bad_sample = "fail"
   # Input concurrency (glofnd_jax.data.iterators.concurrency); -1 = derived from the cores this
   # process may use (os.sched_getaffinity: SLURM --cpus-per-task, taskset):
   c.data.worker_count = -1     # grain worker processes; -1: 0 below 4 cores, else cores - 1

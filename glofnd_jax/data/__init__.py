@@ -12,6 +12,7 @@ Images (one class label per example):
 * :mod:`~glofnd_jax.data.synthetic`   class-structured random images for tests.
 * :mod:`~glofnd_jax.data.registry`    dataset name -> source.
 * :mod:`~glofnd_jax.data.decode`      host-side decode/resize, run inside the pipeline.
+* :mod:`~glofnd_jax.data.bad_records` records that do not decode: fatal, or a stand-in (skip).
 * :mod:`~glofnd_jax.data.crops`       host random resized crops: two views from one decode.
 * :mod:`~glofnd_jax.data.pipeline`    global index, shuffle, per-process slices, batches.
 * :mod:`~glofnd_jax.data.iterators`   concurrency defaults, step-counted state, device prefetch.

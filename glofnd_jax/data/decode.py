@@ -14,8 +14,6 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from glofnd_jax import errors
-
 RESIZE_MODES = ("center_crop", "stretch")
 
 
@@ -100,14 +98,9 @@ class DecodeAndResize:
     self.resize_mode = resize_mode
 
   def __call__(self, record: dict[str, Any]) -> dict[str, Any]:
-    try:
-      image = decode_image(record["image"], self.channels)
-    except Exception as error:  # pylint: disable=broad-except  # named by index and file
-      source = record.get("source")
-      raise errors.DataError(
-          f"record {int(record['index'])} ({f'from {source}' if source else 'no source file'}) "
-          f"does not decode: {errors.one_line(error)}. Convert the data again with `glofnd-jax "
-          "convert-folder` (it verifies every image and skips or names bad files).") from error
+    # A record that does not decode is named (or replaced) by the pipeline's
+    # :class:`~glofnd_jax.data.bad_records.GuardedDecode` around this stage.
+    image = decode_image(record["image"], self.channels)
     if self.image_size is not None:
       image = resize_image(image, self.image_size, self.resize_mode)
     return {"image": image, "label": np.int32(record["label"]), "index": np.int32(record["index"])}

@@ -14,7 +14,8 @@ random-access, so each process only reads and decodes its own examples):
    number of steps on every process and no batch mixes two epochs;
 5. decode / resize per example (:class:`~glofnd_jax.data.decode.DecodeAndResize`), or, for
    training with ``host_crop``, decode once and cut two random resized crops
-   (:class:`~glofnd_jax.data.crops.RandomCropViews`);
+   (:class:`~glofnd_jax.data.crops.RandomCropViews`); a record that does not decode is fatal
+   or replaced by a stand-in, per ``on_bad_sample`` (:mod:`~glofnd_jax.data.bad_records`);
 6. ``batch(local_batch)`` then ``[process_index::process_count]``: global batch ``s`` is the
    ``process_count`` consecutive local batches ``s * P ... s * P + P - 1``; process ``p`` takes
    the ``p``-th. Concatenated in process order they form the global batch, which is what
@@ -35,7 +36,7 @@ from typing import Any, Callable, Sequence
 import grain
 import jax
 
-from glofnd_jax.data import iterators
+from glofnd_jax.data import bad_records, iterators
 from glofnd_jax.data.crops import HostCropConfig, RandomCropViews
 from glofnd_jax.data.decode import DecodeAndResize
 
@@ -134,7 +135,8 @@ def make_dataset(source: Sequence[dict[str, Any]], *, global_batch_size: int, se
                  shuffle: bool = True, num_epochs: int | None = None,
                  drop_remainder: bool = True, image_size: int | tuple[int, int] | None = None,
                  channels: int | None = None, resize_mode: str = "center_crop",
-                 host_crop: HostCropConfig | None = None, process_index: int | None = None,
+                 host_crop: HostCropConfig | None = None, on_bad_sample: str = "fail",
+                 process_index: int | None = None,
                  process_count: int | None = None) -> grain.MapDataset:
   """The per-process stream of batches as a lazy ``grain.MapDataset`` (see the module doc).
 
@@ -156,31 +158,47 @@ def make_dataset(source: Sequence[dict[str, Any]], *, global_batch_size: int, se
     host_crop: training views cut on the host (:mod:`~glofnd_jax.data.crops`): ``image`` is
       then ``(b, views, h, w, C)``, random resized crops of the whole original image, and
       ``image_size`` is not used. Crops are seeded by ``(seed, epoch, index)``.
+    on_bad_sample: a record whose image does not decode: ``'fail'`` raises one line naming its
+      index and source file; ``'skip'`` puts a stand-in image in its place (needs
+      ``image_size`` or ``host_crop``, and ``channels``) and sets the row's ``substituted``
+      field (:mod:`~glofnd_jax.data.bad_records`).
     process_index, process_count: this process's slot; default ``jax.process_index()`` /
       ``jax.process_count()``.
 
   Returns:
     A ``MapDataset`` whose element ``k`` is local step ``k``'s batch: ``{'image': uint8 (b, H,
-    W, C), 'label': int32 (b,), 'index': int32 (b,)}`` with ``b = global_batch_size //
-    process_count``; ``index`` is the global index into ``source``.
+    W, C), 'label': int32 (b,), 'index': int32 (b,), 'substituted': bool (b,)}`` with ``b =
+    global_batch_size // process_count``; ``index`` is the global index into ``source``.
   """
-  if isinstance(image_size, int):
-    image_size = (image_size, image_size)
-  if host_crop is not None:
-    decode = RandomCropViews(host_crop, channels, seed)
-  else:
-    decode = DecodeAndResize(image_size, channels, resize_mode)
+  decode = decode_stage(image_size=image_size, channels=channels, resize_mode=resize_mode,
+                        host_crop=host_crop, seed=seed, on_bad_sample=on_bad_sample)
   return indexed_batches(source, _AttachIndex, decode,
                          global_batch_size=global_batch_size, seed=seed, shuffle=shuffle,
                          num_epochs=num_epochs, drop_remainder=drop_remainder,
                          process_index=process_index, process_count=process_count)
 
 
+def decode_stage(*, image_size: int | tuple[int, int] | None = None, channels: int | None = None,
+                 resize_mode: str = "center_crop", host_crop: HostCropConfig | None = None,
+                 seed: int = 0, on_bad_sample: str = "fail") -> bad_records.GuardedDecode:
+  """The per-example stage of :func:`make_dataset` (same arguments): record -> example."""
+  if isinstance(image_size, int):
+    image_size = (image_size, image_size)
+  if host_crop is not None:
+    decode = RandomCropViews(host_crop, channels, seed)
+    shape = None if channels is None else (host_crop.views, *host_crop.size, channels)
+  else:
+    decode = DecodeAndResize(image_size, channels, resize_mode)
+    shape = None if image_size is None or channels is None else (*image_size, channels)
+  return bad_records.GuardedDecode(decode, on_bad_sample, shape)
+
+
 def make_iterator(source: Sequence[dict[str, Any]], *, global_batch_size: int, seed: int = 0,
                   shuffle: bool = True, num_epochs: int | None = None,
                   drop_remainder: bool = True, image_size: int | tuple[int, int] | None = None,
                   channels: int | None = None, resize_mode: str = "center_crop",
-                  host_crop: HostCropConfig | None = None, process_index: int | None = None,
+                  host_crop: HostCropConfig | None = None, on_bad_sample: str = "fail",
+                  process_index: int | None = None,
                   process_count: int | None = None, worker_count: int = -1,
                   read_threads: int = -1,
                   prefetch_batches: int = -1) -> iterators.StepIterator:
@@ -206,8 +224,8 @@ def make_iterator(source: Sequence[dict[str, Any]], *, global_batch_size: int, s
   dataset = make_dataset(source, global_batch_size=global_batch_size, seed=seed, shuffle=shuffle,
                          num_epochs=num_epochs, drop_remainder=drop_remainder,
                          image_size=image_size, channels=channels, resize_mode=resize_mode,
-                         host_crop=host_crop, process_index=process_index,
-                         process_count=process_count)
+                         host_crop=host_crop, on_bad_sample=on_bad_sample,
+                         process_index=process_index, process_count=process_count)
   worker_count, read_threads, prefetch_batches = iterators.concurrency(
       worker_count, read_threads, prefetch_batches)
   read_options = grain.ReadOptions(num_threads=read_threads,

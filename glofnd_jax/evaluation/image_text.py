@@ -35,7 +35,7 @@ from glofnd_jax.evaluation.fn_examples import select_examples
 from glofnd_jax.evaluation.retrieval import retrieval
 from glofnd_jax.evaluation.zero_shot import class_embeddings, zero_shot
 from glofnd_jax.models.clip import CLIP
-from glofnd_jax.training.plots import draw_false_negatives
+from glofnd_jax.training.plots import FALSE_NEGATIVES_PLOT, draw_false_negatives
 
 # ----------------------------------------------------------------------------- features
 
@@ -125,7 +125,7 @@ def draw_examples(run, source, train, lam_img):
   def image(position):  # as the model saw it, before augmentation
     return resize_image(decode_image(source.read_image(position), c.data.channels), size)
 
-  return draw_false_negatives(run.workdir / "false_negatives.png", pairs, image,
+  return draw_false_negatives(run.workdir / FALSE_NEGATIVES_PLOT, pairs, image,
                               neighbour_text=source.read_caption,
                               title=f"captions flagged for images, {c.data.name} train")
 

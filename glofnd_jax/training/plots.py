@@ -36,6 +36,10 @@ from glofnd_jax.training.metrics import detector_prefix, read_metrics  # noqa: E
 LAMBDA_BINS = np.linspace(-1.0, 1.0, 2001)
 PLOT_BINS = 60
 SIDE_NAMES = {"img": "image", "txt": "text"}
+# The files of the module docstring: what :func:`plot_run` draws after training (each once its
+# data is logged), and the evaluation's picture.
+RUN_PLOTS = ("loss.png", "kept_fraction.png", "fn_precision_recall.png", "lambda_histogram.png")
+FALSE_NEGATIVES_PLOT = "false_negatives.png"
 
 
 def lambda_histogram(lam) -> np.ndarray:

@@ -21,6 +21,7 @@ from glofnd_jax import errors
 # Reading every label of a split costs a pass over its records: done up to this size when the
 # dataset does not store its class counts (convert-folder writes them into metadata.json).
 MAX_LABEL_SCAN = 20_000
+PROBE_RECORDS = 16  # with data.on_bad_sample="skip": records tried for the image shape
 
 _EVAL_HINT = ("or pass --no-evaluate to train without the evaluation")
 
@@ -71,22 +72,31 @@ def open_nonempty(open_split: Callable[[str], object], field: str, split: str, w
   return source
 
 
-def image_note(source, image_size: int, channels: int, split: str) -> str | None:
+def image_note(source, image_size: int, channels: int, split: str,
+               skip_bad: bool = False) -> str | None:
   """The line announcing a resize or channel change of ``split``'s images (None if none).
 
   Read from the dataset's declared shape, else from its first record (encoded files may differ
-  in size: every one is resized to the configured size in the input pipeline).
+  in size: every one is resized to the configured size in the input pipeline); with
+  ``skip_bad`` (``data.on_bad_sample='skip'``) from the first of the first few that decodes.
   """
   shape = getattr(source, "image_shape", None)
   varied = shape is None
   if shape is None:
     from glofnd_jax.data.decode import decode_image
-    try:
-      shape = decode_image(source[0]["image"]).shape
-    except Exception as error:  # pylint: disable=broad-except  # named, with the fix
-      raise errors.DataError(f"record 0 of split {split!r} does not decode "
-                             f"({errors.one_line(error)}): rewrite the dataset with "
-                             "`glofnd-jax convert-folder` (it verifies every image).") from error
+    tries = min(len(source), PROBE_RECORDS if skip_bad else 1)
+    for position in range(tries):
+      try:
+        shape = decode_image(source[position]["image"]).shape
+        break
+      except Exception as error:  # pylint: disable=broad-except  # named, with the fix
+        if position + 1 == tries:
+          first = "record 0" if tries == 1 else f"none of records 0-{tries - 1}"
+          raise errors.DataError(
+              f"{first} of split {split!r} does not decode ({errors.one_line(error)}): rewrite "
+              "the dataset with `glofnd-jax convert-folder` (it verifies every image)"
+              + ("" if skip_bad else ", or set --config.data.on_bad_sample=skip to train on "
+                 "with stand-ins for records that do not decode") + ".") from error
   height, width, data_channels = (tuple(shape) + (1,))[:3]
   changes = []
   if (height, width) != (image_size, image_size):

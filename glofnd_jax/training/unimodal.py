@@ -11,6 +11,8 @@ from glofnd_jax import augment as augment_lib
 from glofnd_jax import data, distributed, errors, models, per_sample
 from glofnd_jax.config import common as config_common
 from glofnd_jax.config import unimodal as unimodal_config
+from glofnd_jax.data import bad_records
+from glofnd_jax.data.pipeline import decode_stage
 from glofnd_jax.evaluation import unimodal as unimodal_eval
 from glofnd_jax.training import optim
 from glofnd_jax.training import preflight as preflight_lib
@@ -45,6 +47,9 @@ class UnimodalRun(task_lib.Task):
     self.augment = unimodal_config.augment_config(config)
     self.host_crop = unimodal_config.host_crop_config(config)
     self.sample_input = self.augmented_image_sample()
+    # Training's records replaced by stand-ins (data.on_bad_sample='skip'), logged once each.
+    self.bad_records = bad_records.BadRecordLog(self.source, config.data.train_split,
+                                                self._decode_stage().decode)
 
   def open_split(self, split: str):
     """A random-access source of ``split`` of the configured dataset."""
@@ -69,7 +74,8 @@ class UnimodalRun(task_lib.Task):
     label the evaluation reads: what would fail after training fails now."""
     notes = super().preflight(evaluate)
     d = self.config.data
-    note = preflight_lib.image_note(self.source, d.image_size, d.channels, d.train_split)
+    note = preflight_lib.image_note(self.source, d.image_size, d.channels, d.train_split,
+                                    skip_bad=d.get("on_bad_sample", "fail") == "skip")
     notes += [note] if note else []
     if not evaluate:
       return notes
@@ -89,13 +95,20 @@ class UnimodalRun(task_lib.Task):
                                hold_out_val=not d.val_split)
     return notes
 
+  def _decode_stage(self):
+    d = self.config.data
+    return decode_stage(image_size=d.image_size, channels=d.channels, host_crop=self.host_crop,
+                        seed=self.config.seed, on_bad_sample=d.get("on_bad_sample", "fail"))
+
   def iterator(self):
     c = self.config
     d = c.data
     return data.make_iterator(self.source, global_batch_size=self.batch, seed=c.seed,
                               image_size=d.image_size, channels=d.channels,
-                              host_crop=self.host_crop, worker_count=d.worker_count,
-                              read_threads=d.read_threads, prefetch_batches=d.prefetch_batches)
+                              host_crop=self.host_crop,
+                              on_bad_sample=d.get("on_bad_sample", "fail"),
+                              worker_count=d.worker_count, read_threads=d.read_threads,
+                              prefetch_batches=d.prefetch_batches)
 
   def step_fn(self):
     two_views = functools.partial(augment_lib.two_views, config=self.augment)
@@ -108,6 +121,7 @@ class UnimodalRun(task_lib.Task):
   def global_batch(self, local: dict) -> dict:
     """This process's loader batch -> the global batch the step takes (indices checked)."""
     per_sample.check_indices(local["index"], self.num_samples, "batch index")
+    self.bad_records.note(local)
     d = self.config.data
     expected = (d.image_size, d.image_size, d.channels)
     if self.host_crop is not None:
