@@ -68,7 +68,9 @@ def test_skip_puts_a_fixed_stand_in_of_the_batch_shape_in_place():
     pipeline.decode_stage(channels=3, on_bad_sample="skip")  # no size: no stand-in shape
   crops = pipeline.decode_stage(host_crop=HostCropConfig(size=4), channels=3,
                                 on_bad_sample="skip")
-  assert crops(bad)["image"].shape == (2, 4, 4, 3)  # both views of a host-cropped example
+  views = crops(bad)["image"]
+  assert views.shape == (2, 4, 4, 3)  # both views of a host-cropped example
+  np.testing.assert_array_equal(views[0], views[1])  # one stand-in image, as one real record
 
 
 def test_preflight_reads_the_image_shape_past_a_bad_first_record(tmp_path):

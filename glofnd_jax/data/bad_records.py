@@ -33,9 +33,14 @@ FLAG = "substituted"  # batch field: True where a stand-in replaced a record
 
 
 def stand_in_image(index: int, shape: tuple[int, ...]) -> np.ndarray:
-  """The uint8 noise image of ``shape`` that replaces record ``index`` (same every call)."""
+  """The uint8 noise image of ``shape`` that replaces record ``index`` (same every call).
+
+  With a leading views axis (host crops: ``(views, h, w, C)``) every view is the same image, as
+  the views of a real record are cut from one image; the on-device augmentation still differs.
+  """
   rng = np.random.default_rng((0x5EED, max(int(index), 0)))
-  return rng.integers(0, 256, shape, dtype=np.uint8)
+  image = rng.integers(0, 256, shape[-3:], dtype=np.uint8)
+  return np.ascontiguousarray(np.broadcast_to(image, shape))
 
 
 def reason(error: BaseException) -> str:
