@@ -20,9 +20,9 @@ import numpy as np
 
 from glofnd_jax import objectives, sharding, siglip
 from glofnd_jax import thresholds as thr
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "benchmarks"))
-import siglip_ring  # noqa: E402  (benchmarks/siglip_ring.py: the step whose HLO is checked)
+# benchmarks/siglip_ring.py, the step whose HLO is checked (benchmarks/ is on the PYTHONPATH
+# that tests/test_siglip.py gives this worker).
+import siglip_ring
 
 NUM_SAMPLES = 200
 BATCH = 64

@@ -7,7 +7,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import train_cli
 
 from glofnd_jax import data
 from glofnd_jax.training import checkpoint as checkpoint_lib
@@ -134,7 +133,7 @@ RESTORE_TOL = dict(rtol=2e-5, atol=1e-5)
 
 
 @pytest.mark.slow
-def test_save_on_8_devices_restore_on_4_continue(tmp_path):
+def test_save_on_8_devices_restore_on_4_continue(tmp_path, train_cli):
   """Continuing on 4 devices from an 8-device checkpoint matches continuing on 8.
 
   An 8-device run saves at step 4 and goes on to step 12; a 4-device run starts from a copy of

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from glofnd_jax import cli
-from glofnd_jax.config import overrides
+from glofnd_jax.config import common, image_text, overrides, unimodal
 
 
 def test_bare_command_and_help_list_the_commands(capsys):
@@ -98,6 +98,16 @@ def test_recipe_by_name_from_another_directory(tmp_path, monkeypatch):
   assert path.parent == overrides.RECIPES_DIR and path.is_file()
   assert overrides.load(str(path)).to_dict() == config.to_dict()  # a path still works
   assert "digits_sogclr_glofnd" in overrides.recipe_names()
+
+
+@pytest.mark.parametrize("name", overrides.recipe_names())
+def test_every_recipe_loads_by_name_with_known_keys_and_valid_values(name):
+  """Also the recipes built on another recipe file (glyphs on digits, the cc3m variants on
+  cc3m_fastclip): each sets only keys of its task's schema and passes the shared checks."""
+  config = overrides.load(name)
+  schema = unimodal.base_config() if config.task == "unimodal" else image_text.clip_base_config()
+  common.check_known_keys(config, schema)
+  common.validate(config)
 
 
 def test_override_values_follow_the_default_types():

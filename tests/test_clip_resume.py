@@ -1,7 +1,6 @@
 """Resuming a clip run keeps the learned thresholds, or resets them with
 ``glofnd.reset_lambda_on_resume`` (training resumes only; ``glofnd-jax eval`` never resets)."""
 
-import clip_fixtures
 import jax
 import numpy as np
 
@@ -16,9 +15,9 @@ def _lam(state):
           np.asarray(jax.device_get(thresholds.moments(state.per_sample.thresholds_txt[0]).mu)))
 
 
-def test_resume_keeps_or_resets_the_thresholds(tmp_path):
-  shards = clip_fixtures.write_caption_shards(tmp_path / "shards", 8, 1)
-  config = clip_fixtures.tiny(clip_fixtures.load_config("digits_clip_glofnd"), shards)
+def test_resume_keeps_or_resets_the_thresholds(tmp_path, caption_shards, tiny_image_text):
+  shards = caption_shards(tmp_path / "shards", 8, 1)
+  config = tiny_image_text("digits_clip_glofnd", shards)
   config.glofnd.start_update_epoch = config.glofnd.start_mask_epoch = 0
   workdir = tmp_path / "run"
   loop.train_and_evaluate(config, workdir, evaluate=False, stop_after_steps=6)

@@ -3,7 +3,6 @@ a bad sample, evaluation outputs (results.json keys), retrieval ranks and chance
 
 import json
 
-import clip_fixtures
 import numpy as np
 import pytest
 
@@ -15,18 +14,18 @@ from glofnd_jax.training.plots import FALSE_NEGATIVES_PLOT, RUN_PLOTS
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-  return clip_fixtures.write_caption_shards(tmp_path_factory.mktemp("shards"), 32, 3)
+def shards(tmp_path_factory, caption_shards):
+  return caption_shards(tmp_path_factory.mktemp("shards"), 32, 3)
 
 
 # digits_clip_glofnd runs on the real digits shards in tests/test_clip_cli.py. The SogCLR recipe
 # trains a tiny ViT here (the ResNet tower is the FastCLIP case's), so both towers train.
 @pytest.mark.parametrize("name,tower", [("cc3m_fastclip_glofnd", "modified_resnet"),
                                         ("cc3m_sogclr_glofnd", "vit")])
-def test_cc3m_configs_train_and_evaluate(name, tower, shards, tmp_path, capsys, monkeypatch):
-  config = clip_fixtures.load_config(name)
+def test_cc3m_configs_train_and_evaluate(name, tower, shards, tmp_path, capsys, monkeypatch,
+                                         tiny_image_text):
+  config = tiny_image_text(name, shards)
   assert config.task == "clip" and config.model.image_tower == "modified_resnet"
-  config = clip_fixtures.tiny(config, shards)
   # Captions flagged from the first step, so false_negatives.png is drawn: lambda starts at each
   # anchor's batch quantile of its top 10% (lam_init = 1 would not come down in 2 short epochs);
   # the fixture's 8 distinct captions over 64 pairs make true cross-modal false negatives.

@@ -5,7 +5,6 @@ rekey-shards, naming the shard, the byte offset and the last good key."""
 
 import tarfile
 
-import clip_fixtures
 import pytest
 from test_clip_data import keyed, png, write_shard
 
@@ -128,11 +127,12 @@ def test_a_shard_that_lost_samples_since_the_first_start_is_damaged(tmp_path):
   assert len(skipped) == 6 and len(skipped.damaged) == 1
 
 
-def test_training_fails_on_a_damaged_shard_or_skips_it_and_says_so(tmp_path, capsys):
-  shard_patterns = clip_fixtures.write_caption_shards(tmp_path / "shards", 32, 3)
+def test_training_fails_on_a_damaged_shard_or_skips_it_and_says_so(tmp_path, capsys, caption_shards,
+                                                                   tiny_image_text):
+  shard_patterns = caption_shards(tmp_path / "shards", 32, 3)
   train_1 = tmp_path / "shards" / "train-1.tar"
   train_1.write_bytes(train_1.read_bytes()[:-15000])  # a copy cut short
-  config = clip_fixtures.tiny(clip_fixtures.load_config("cc3m_fastclip_glofnd"), shard_patterns)
+  config = tiny_image_text("cc3m_fastclip_glofnd", shard_patterns)
   with pytest.raises(ValueError, match=r"cannot open the train pairs .*train-1\.tar is damaged "
                      r"at byte \d+: .*last good sample .*on_damaged_shard='skip'"):
     loop.train_and_evaluate(config, tmp_path / "run")

@@ -7,7 +7,6 @@ import types
 import numpy as np
 import pytest
 from PIL import Image
-from test_train import DIGITS, load_config, tiny
 
 from glofnd_jax.data.synthetic import SyntheticSource
 from glofnd_jax.evaluation import image_text as image_text_eval
@@ -70,16 +69,15 @@ def test_cross_modal_selection_excludes_the_positive_and_unknown_labels_are_none
   assert pairs and all(p.same_class is None for p in pairs)
 
 
-def _fake_run(tmp_path, num_samples=24):
-  """What :func:`unimodal_eval.draw_examples` reads of a run, on synthetic images."""
-  config = tiny(load_config(DIGITS))
+def _fake_run(tmp_path, config, num_samples=24):
+  """What :func:`unimodal_eval.draw_examples` reads of a run (``config``), on synthetic images."""
   source = SyntheticSource(num_samples, image_shape=(8, 8, 1), num_classes=4)
   return types.SimpleNamespace(config=config, source=source, workdir=tmp_path)
 
 
 def test_the_evaluation_draws_flagged_pairs_and_removes_a_stale_picture(tmp_path, monkeypatch,
-                                                                       capsys):
-  run = _fake_run(tmp_path)
+                                                                       capsys, tiny_unimodal):
+  run = _fake_run(tmp_path, tiny_unimodal())
   features, labels = _clusters(len(run.source), num_classes=4)
   chosen = []
 
@@ -113,10 +111,11 @@ class _Pairs:
     return f"a picture of class {position % 4} number {position}"
 
 
-def test_image_text_picture_shows_the_captions_of_image_anchors(tmp_path, monkeypatch):
+def test_image_text_picture_shows_the_captions_of_image_anchors(tmp_path, monkeypatch,
+                                                                tiny_unimodal):
   images, labels = _clusters(24, num_classes=4, seed=4)
   texts = images + 0.1 * np.random.default_rng(5).normal(size=images.shape)
-  run = _fake_run(tmp_path)
+  run = _fake_run(tmp_path, tiny_unimodal())
   captions = []
   source = _Pairs(len(labels))
   monkeypatch.setattr(source, "read_caption",

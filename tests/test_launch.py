@@ -13,21 +13,21 @@ import time
 
 import pytest
 
-import train_cli
 from glofnd_jax import distributed
 
-REPO = train_cli.REPO
+REPO = pathlib.Path(__file__).resolve().parent.parent
+LAUNCH_LOCAL = REPO / "launch" / "local.py"
 TPU_POD = REPO / "launch" / "tpu_pod.sh"
 SLURM = REPO / "launch" / "slurm.sbatch"
 
 
-def _launch(*args, env=None, **kwargs) -> subprocess.Popen:
-  return subprocess.Popen([sys.executable, str(train_cli.LAUNCH_LOCAL), *map(str, args)],
-                          env=env or train_cli.env(), stdout=subprocess.PIPE,
+def _launch(env: dict, *args, **kwargs) -> subprocess.Popen:
+  return subprocess.Popen([sys.executable, str(LAUNCH_LOCAL), *map(str, args)],
+                          env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, **kwargs)
 
 
-def test_local_launcher_sets_up_each_process_and_stops_all_on_a_failure():
+def test_local_launcher_sets_up_each_process_and_stops_all_on_a_failure(train_cli):
   # Process 1 fails at once; process 0 would run for a minute unless the launcher stops it.
   script = textwrap.dedent("""
       import os, sys, time
@@ -40,7 +40,7 @@ def test_local_launcher_sets_up_each_process_and_stops_all_on_a_failure():
       time.sleep(60)
   """)
   start = time.monotonic()
-  process = _launch("-n", 2, "-d", 3, "--grace", 1, "--", "python", "-c", script)
+  process = _launch(train_cli.env(), "-n", 2, "-d", 3, "--grace", 1, "--", "python", "-c", script)
   output, _ = process.communicate(timeout=60)
   assert process.returncode == 3, output
   assert time.monotonic() - start < 30, "the healthy process was not stopped"
@@ -70,22 +70,22 @@ def test_process_variables_are_read_and_checked():
     assert message in str(raised.value)
 
 
-def test_local_launcher_rejects_a_missing_command():
-  process = _launch("-n", 2)
+def test_local_launcher_rejects_a_missing_command(train_cli):
+  process = _launch(train_cli.env(), "-n", 2)
   output, _ = process.communicate(timeout=60)
   assert process.returncode != 0 and "give the command to run after --" in output
 
 
 @pytest.mark.slow
-def test_two_processes_train_and_stop_together_on_sigterm(tmp_path):
+def test_two_processes_train_and_stop_together_on_sigterm(tmp_path, train_cli):
   """2 processes x 2 fake devices train the tiny config (global mesh, per-process data,
   collective checkpoints); SIGTERM to the launcher reaches both, they agree on one step through
   jax's preemption sync, save it together and exit 0. (Resuming exactly from such a checkpoint
   is tested in one process in test_preemption.py; the resumed state is the same arrays.)"""
   workdir = tmp_path / "run"
-  launcher = _launch("-n", 2, "-d", 2, "--", "glofnd-jax", "train",
-                     f"--config={train_cli.DIGITS_CONFIG}", f"--workdir={workdir}",
-                     *train_cli.TINY, "--config.epochs=25", "--noevaluate")
+  launcher = _launch(train_cli.env(), "-n", 2, "-d", 2, "--", "glofnd-jax", "train",
+                     f"--config={train_cli.recipe}", f"--workdir={workdir}",
+                     *train_cli.flags, "--config.epochs=25", "--noevaluate")
   deadline = time.monotonic() + 240
   while not (workdir / "checkpoints" / "3").exists():  # compiled, trained 3 steps, saved
     assert launcher.poll() is None, launcher.communicate()[0]

@@ -16,10 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-import train_cli
 from scaling_worker import IN_DIM, NUM_SAMPLES, TinyEncoder, global_batches, threshold_config
 from test_hlo import per_sample_copies
-from test_train import DIGITS, load_config, tiny
 
 from glofnd_jax import distributed, objectives, sharding
 from glofnd_jax.training import checkpoint as checkpoint_lib
@@ -49,8 +47,8 @@ class PoisonedRun(UnimodalRun):
         {"image": image, "index": local["index"], "label": local["label"]}, self.mesh)
 
 
-def _poisoned_config(policy: str):
-  config = tiny(load_config(DIGITS), epochs=3)  # 12 steps; checkpoints at 3, 6, 9
+def _poisoned_config(tiny_unimodal, policy: str):
+  config = tiny_unimodal(epochs=3)  # 12 steps; checkpoints at 3, 6, 9
   config.task = "poisoned"
   config.nonfinite = policy
   config.glofnd.start_update_epoch = 0  # lambda and u are read and written from the first step
@@ -155,9 +153,10 @@ def test_flags_name_lambda_and_u_rows_of_the_batch(tmp_path):
     checkpointer.close()
 
 
-def test_stop_names_step_and_array_and_keeps_the_last_good_checkpoint(tmp_path, poisoned_task):
+def test_stop_names_step_and_array_and_keeps_the_last_good_checkpoint(tmp_path, poisoned_task,
+                                                                      tiny_unimodal, train_cli):
   with pytest.raises(FloatingPointError) as raised:
-    loop.train_and_evaluate(_poisoned_config("stop"), tmp_path, evaluate=False)
+    loop.train_and_evaluate(_poisoned_config(tiny_unimodal, "stop"), tmp_path, evaluate=False)
   message = str(raised.value)
   assert f"at step {POISONED_STEP}" in message, message
   for array in ("loss", "gradients", "params"):
@@ -170,8 +169,9 @@ def test_stop_names_step_and_array_and_keeps_the_last_good_checkpoint(tmp_path, 
   assert all(np.isfinite(v).all() for v in arrays.values())
 
 
-def test_skip_finishes_the_run_and_counts_the_batch(tmp_path, poisoned_task):
-  loop.train_and_evaluate(_poisoned_config("skip"), tmp_path, evaluate=False)
+def test_skip_finishes_the_run_and_counts_the_batch(tmp_path, poisoned_task, tiny_unimodal,
+                                                    train_cli):
+  loop.train_and_evaluate(_poisoned_config(tiny_unimodal, "skip"), tmp_path, evaluate=False)
   rows = metrics_lib.read_metrics(tmp_path)
   assert rows[-1]["step"] == 12 and rows[-1]["train/skipped_batches"] == 1
   assert all(r["train/skipped_batches"] == (r["step"] >= POISONED_STEP) for r in rows)

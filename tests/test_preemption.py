@@ -6,13 +6,10 @@ a few steps and is then started again with the same command. Both must end with 
 parameters, optimiser state, batch statistics and every per-sample array.
 """
 
-import json
 import os
 import signal
-import time
 
 import pytest
-import train_cli
 
 from glofnd_jax.training import preemption
 
@@ -38,26 +35,15 @@ def test_request_stop_without_a_signal():
     assert guard.should_stop(6)
 
 
-def _metrics_steps(workdir) -> list[int]:
-  path = workdir / "metrics.jsonl"
-  if not path.exists():
-    return []
-  return [json.loads(line)["step"] for line in path.read_text().splitlines() if line.strip()]
-
-
 @pytest.mark.slow
-def test_sigterm_mid_run_then_resume_is_bit_identical(tmp_path):
+def test_sigterm_mid_run_then_resume_is_bit_identical(tmp_path, train_cli):
   cache = tmp_path / "compilation_cache"
   total = EPOCHS * STEPS_PER_EPOCH
   # Periodic checkpoints far apart: the checkpoint the preempted run leaves must be its own.
   overrides = (f"--config.epochs={EPOCHS}", "--config.checkpoint_every_steps=50", "--noevaluate")
   preempted_dir = tmp_path / "preempted"
   preempted = train_cli.start(preempted_dir, *overrides, cache_dir=cache)
-  deadline = time.monotonic() + 240
-  while not any(s >= 4 for s in _metrics_steps(preempted_dir)):
-    assert preempted.poll() is None, train_cli.finish(preempted)
-    assert time.monotonic() < deadline, "the run logged no step in time"
-    time.sleep(0.05)
+  train_cli.wait_until_logged(preempted, preempted_dir, 4)
   preempted.send_signal(signal.SIGTERM)
   output = train_cli.finish(preempted)  # exit status 0
   assert "stopped at step" in output and "SIGTERM" in output, output[-3000:]
@@ -80,5 +66,5 @@ def test_sigterm_mid_run_then_resume_is_bit_identical(tmp_path):
   differing = [k for k in arrays_a if not (arrays_a[k] == arrays_b[k]).all()]
   assert not differing, f"not bit-identical after resume: {differing}"
   # The metrics continue where the preempted run stopped (no step logged twice or skipped).
-  logged = _metrics_steps(preempted_dir)
+  logged = train_cli.logged_steps(preempted_dir)
   assert logged == sorted(set(logged)) and logged[-1] == total

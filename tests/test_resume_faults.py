@@ -20,8 +20,6 @@ import time
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import train_cli
-from test_train import DIGITS, load_config, tiny
 
 from glofnd_jax import data
 from glofnd_jax.training import checkpoint as checkpoint_lib
@@ -30,7 +28,8 @@ from glofnd_jax.training import metrics as metrics_lib
 from glofnd_jax.training import task as task_lib
 
 
-def test_sigterm_before_the_loop_exits_cleanly_and_writes_no_checkpoint(tmp_path, monkeypatch):
+def test_sigterm_before_the_loop_exits_cleanly_and_writes_no_checkpoint(tmp_path, monkeypatch,
+                                                                         tiny_unimodal):
   build_run = task_lib.build_run
 
   def build_then_sigterm(config, workdir):
@@ -40,7 +39,7 @@ def test_sigterm_before_the_loop_exits_cleanly_and_writes_no_checkpoint(tmp_path
 
   monkeypatch.setattr(task_lib, "build_run", build_then_sigterm)
   before = signal.getsignal(signal.SIGTERM)
-  assert loop.train_and_evaluate(tiny(load_config(DIGITS)), tmp_path) == {}
+  assert loop.train_and_evaluate(tiny_unimodal(), tmp_path) == {}
   assert signal.getsignal(signal.SIGTERM) is before
   checkpoints = tmp_path / "checkpoints"
   assert not checkpoints.exists() or not any(p.name.isdigit() for p in checkpoints.iterdir())
@@ -48,8 +47,8 @@ def test_sigterm_before_the_loop_exits_cleanly_and_writes_no_checkpoint(tmp_path
   assert '"status": "preempted", "step": 0' in (tmp_path / loop.STATUS_FILE).read_text()
 
 
-def test_refused_resume_leaves_the_config_file_alone(tmp_path):
-  saved = tiny(load_config(DIGITS))
+def test_refused_resume_leaves_the_config_file_alone(tmp_path, tiny_unimodal):
+  saved = tiny_unimodal()
   run = task_lib.build_run(saved, tmp_path)
   (tmp_path / loop.CONFIG_FILE).write_text("the saved run's config\n")
   checkpointer = checkpoint_lib.Checkpointer(
@@ -57,7 +56,7 @@ def test_refused_resume_leaves_the_config_file_alone(tmp_path):
       fingerprint=checkpoint_lib.config_fingerprint(saved, run.num_samples))
   checkpointer.save(4, {"u": jnp.zeros(4)})
   checkpointer.close()
-  changed = tiny(load_config(DIGITS))
+  changed = tiny_unimodal()
   changed.model.proj_dim = 32
   with pytest.raises(checkpoint_lib.IncompatibleCheckpointError):
     loop.train_and_evaluate(changed, tmp_path)
@@ -73,8 +72,8 @@ def _restore_and_close(checkpointer, *iterator, newest_complete: bool = False):
     checkpointer.close()
 
 
-def test_resume_with_another_seed_is_refused_unless_allowed(tmp_path, capsys):
-  run = task_lib.build_run(tiny(load_config(DIGITS)), tmp_path)  # seed 0
+def test_resume_with_another_seed_is_refused_unless_allowed(tmp_path, capsys, tiny_unimodal):
+  run = task_lib.build_run(tiny_unimodal(), tmp_path)  # seed 0
   checkpointer = run.checkpointer()
   checkpointer.save(4, {"u": jnp.arange(4.0)})
   checkpointer.close()
@@ -137,10 +136,10 @@ def _logged(workdir) -> list[dict]:
           for row in metrics_lib.read_metrics(workdir)]
 
 
-def test_killed_between_checkpoints_then_resumed_logs_every_step_once(tmp_path):
+def test_killed_between_checkpoints_then_resumed_logs_every_step_once(tmp_path, tiny_unimodal):
   """A run that got to step 8 but whose last checkpoint is step 4 (the step-8 one never made
   it to disk, as after a kill -9) resumes from 4 and ends with the logs of a straight run."""
-  config = tiny(load_config(DIGITS), epochs=3)  # 12 steps, 4 per epoch
+  config = tiny_unimodal(epochs=3)  # 12 steps, 4 per epoch
   config.checkpoint_every_steps = 4
   config.lambda_snapshot_every_epochs = 1
   loop.train_and_evaluate(config, tmp_path / "straight", evaluate=False)
@@ -263,11 +262,11 @@ def test_incompatible_newest_checkpoint_still_refuses(tmp_path):
   assert (directory / "2").exists() and not (directory / "corrupt").exists()
 
 
-def test_a_second_run_on_a_workdir_in_use_is_refused_at_once(tmp_path):
+def test_a_second_run_on_a_workdir_in_use_is_refused_at_once(tmp_path, tiny_unimodal):
   held = loop.lock_workdir(tmp_path)  # another run holds the workdir
   try:
     with pytest.raises(RuntimeError, match="is in use by another run .*use another --workdir"):
-      loop.train_and_evaluate(tiny(load_config(DIGITS)), tmp_path)
+      loop.train_and_evaluate(tiny_unimodal(), tmp_path)
   finally:
     held.close()
   assert not (tmp_path / loop.CONFIG_FILE).exists()
@@ -297,7 +296,7 @@ KILLED_RUN = ("--config.epochs=3", "--config.lambda_snapshot_every_epochs=1")
 
 
 @pytest.fixture(scope="module")
-def straight_run(tmp_path_factory):
+def straight_run(tmp_path_factory, train_cli):
   """``(workdir, compilation cache)`` of one uninterrupted, evaluated run that the kill -9
   tests compare with (they share its cache: each program is compiled once)."""
   root = tmp_path_factory.mktemp("straight")
@@ -305,7 +304,7 @@ def straight_run(tmp_path_factory):
   return root / "run", root / "compilation_cache"
 
 
-def _same_outputs_as(straight_dir, killed_dir) -> None:
+def _same_outputs_as(train_cli, straight_dir, killed_dir) -> None:
   """Final state bit for bit, metric rows (but timing) and lambda snapshots."""
   step_a, arrays_a = train_cli.read_state(straight_dir)
   step_b, arrays_b = train_cli.read_state(killed_dir)
@@ -319,7 +318,8 @@ def _same_outputs_as(straight_dir, killed_dir) -> None:
 
 
 @pytest.mark.slow
-def test_kill_9_between_checkpoints_then_resume_matches_a_straight_run(tmp_path, straight_run):
+def test_kill_9_between_checkpoints_then_resume_matches_a_straight_run(tmp_path, straight_run,
+                                                                       train_cli):
   """``glofnd-jax train`` killed with SIGKILL after step 4 was logged (checkpoints every 3
   steps) and started again ends with the straight run's state, metrics and lambda snapshots."""
   straight_dir, cache = straight_run
@@ -330,7 +330,7 @@ def test_kill_9_between_checkpoints_then_resume_matches_a_straight_run(tmp_path,
   killed.wait()
   killed.stdout.close()
   train_cli.run(killed_dir, *KILLED_RUN, "--noevaluate", cache_dir=cache)
-  _same_outputs_as(straight_dir, killed_dir)
+  _same_outputs_as(train_cli, straight_dir, killed_dir)
 
 # `glofnd-jax train` with a fault hook: $FAULT=save:S stops forever inside the data-position
 # write of step S's checkpoint (the save's temporary folder exists, it is not committed);
@@ -362,11 +362,11 @@ sys.exit(cli.main(sys.argv[1:]))
 """
 
 
-def _kill_9_at(fault: str, workdir, overrides, cache, tmp_path) -> None:
+def _kill_9_at(train_cli, fault: str, workdir, overrides, cache, tmp_path) -> None:
   """Run ``glofnd-jax train`` until the fault hook hangs it, then SIGKILL it."""
   marker = tmp_path / f"hung_{fault.replace(':', '_')}"
   command = [sys.executable, "-c", HANGING_TRAIN,
-             *train_cli.train_command(workdir, *overrides)[3:]]
+             *train_cli.command(workdir, *overrides)[3:]]
   process = subprocess.Popen(
       command, env={**train_cli.env(cache_dir=cache), "FAULT": fault, "FAULT_MARKER": str(marker)},
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -382,20 +382,20 @@ def _kill_9_at(fault: str, workdir, overrides, cache, tmp_path) -> None:
 
 @pytest.mark.slow
 def test_kill_9_mid_save_and_during_evaluation_then_resume_matches_a_straight_run(
-    tmp_path, straight_run):
+    tmp_path, straight_run, train_cli):
   """Killed with SIGKILL while writing the step-6 checkpoint (the last complete one is step 3),
   resumed and killed again during the evaluation, resumed again: the same final state, metrics,
   lambda snapshots and results.json as a run never stopped."""
   straight_dir, cache = straight_run
   killed_dir = tmp_path / "killed"
-  _kill_9_at("save:6", killed_dir, KILLED_RUN, cache, tmp_path)
+  _kill_9_at(train_cli, "save:6", killed_dir, KILLED_RUN, cache, tmp_path)
   checkpoints = killed_dir / "checkpoints"
   assert list(checkpoints.glob("6.orbax-checkpoint-tmp*"))  # killed mid-save
   assert not (checkpoints / "6").exists() and (checkpoints / "3").exists()
-  _kill_9_at("eval", killed_dir, KILLED_RUN, cache, tmp_path)
+  _kill_9_at(train_cli, "eval", killed_dir, KILLED_RUN, cache, tmp_path)
   assert json.loads((killed_dir / loop.STATUS_FILE).read_text())["status"] == "finished"
   assert not (killed_dir / "results.json").exists()
   train_cli.run(killed_dir, *KILLED_RUN, cache_dir=cache)
-  _same_outputs_as(straight_dir, killed_dir)
+  _same_outputs_as(train_cli, straight_dir, killed_dir)
   assert ((killed_dir / "results.json").read_text()
           == (straight_dir / "results.json").read_text())

@@ -8,6 +8,7 @@ on 1 device, plus the compiled HLO of a dense and a ring step.
 
 import json
 import math
+import os
 import re
 
 import jax.numpy as jnp
@@ -125,9 +126,13 @@ def test_config_rejects_what_the_ring_cannot_run():
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory):
   out = tmp_path_factory.mktemp("siglip")
+  env = scaling_subprocess.worker_env(8)
+  # The worker imports benchmarks/siglip_ring.py, which imports its folder's common.py.
+  env["PYTHONPATH"] = os.pathsep.join([str(scaling_subprocess.TESTS.parent / "benchmarks"),
+                                       env["PYTHONPATH"]])
   process = scaling_subprocess.subprocess.Popen(
       [scaling_subprocess.sys.executable, str(scaling_subprocess.TESTS / "siglip_worker.py"),
-       str(out)], env=scaling_subprocess.worker_env(8), stdout=scaling_subprocess.subprocess.PIPE,
+       str(out)], env=env, stdout=scaling_subprocess.subprocess.PIPE,
       stderr=scaling_subprocess.subprocess.STDOUT, text=True)
   scaling_subprocess.finish(process, timeout=400)
   meta = json.loads((out / "meta.json").read_text())

@@ -9,53 +9,19 @@ import orbax.checkpoint as ocp
 import pytest
 
 from glofnd_jax import cli
+from glofnd_jax.config import overrides
 from glofnd_jax.config.common import load_config_file
 from glofnd_jax.training import loop, plots
 
 CONFIGS = sorted(p for p in (pathlib.Path(__file__).resolve().parent.parent / "configs").glob("*.py")
                  if not p.name.startswith("_"))  # __init__.py makes the recipes a package
-DIGITS = next(p for p in CONFIGS if p.stem == "digits_sogclr_glofnd")
-
-
-def load_config(path):
-  return load_config_file(path)
-
-
 # Image-text configs (task "clip") are run by tests/test_clip_train.py.
-UNIMODAL_CONFIGS = [p for p in CONFIGS if load_config(p).get("task", "unimodal") == "unimodal"]
-
-
-def tiny(config, *, epochs=2):
-  """The config's recipe with a tiny model on synthetic stand-in data."""
-  c = config
-  c.data.name = "synthetic"
-  c.data.synthetic_num_samples = 64
-  c.data.image_size = 16 if c.augment.kind == "simclr" else 8
-  c.data.val_split = "val"
-  c.data.test_split = "test"
-  c.data.read_threads = 0
-  if c.augment.kind == "simclr":
-    c.augment.crop_size = 16
-  c.model.num_filters = 4
-  c.model.proj_hidden_dim = 32
-  c.model.proj_dim = 16
-  c.batch_size = 16
-  c.epochs = epochs
-  c.optim.warmup_epochs = 1
-  c.glofnd.start_update_epoch = 1
-  c.glofnd.start_mask_epoch = 1
-  c.log_every_steps = 2
-  c.checkpoint_every_steps = 3
-  c.eval.knn_k = 5
-  c.eval.probe_fractions = (1.0, 0.25)
-  c.eval.batch_size = 32
-  c.eval.transfer = ("synthetic:train:test",)
-  return c
+UNIMODAL_CONFIGS = [p for p in CONFIGS if load_config_file(p).get("task", "unimodal") == "unimodal"]
 
 
 @pytest.mark.parametrize("path", UNIMODAL_CONFIGS, ids=lambda p: p.stem)
-def test_every_config_trains_and_evaluates(path, tmp_path):
-  config = tiny(load_config(path))
+def test_every_config_trains_and_evaluates(path, tmp_path, tiny_unimodal):
+  config = tiny_unimodal(path)
   results = loop.train_and_evaluate(config, tmp_path)
   assert 0.0 <= results["knn"]["top1"] <= 1.0
   assert set(results["linear_probe"]) == {"1", "0.25"}
@@ -80,9 +46,9 @@ def _final_arrays(workdir):
   return step, leaves
 
 
-def test_resume_is_exact(tmp_path):
+def test_resume_is_exact(tmp_path, tiny_unimodal):
   """Stopping mid-run and resuming gives bit-identical parameters and per-sample arrays."""
-  config = tiny(load_config(DIGITS), epochs=3)
+  config = tiny_unimodal(epochs=3)
   loop.train_and_evaluate(config, tmp_path / "straight", evaluate=False)
   loop.train_and_evaluate(config, tmp_path / "split", evaluate=False, stop_after_steps=5)
   loop.train_and_evaluate(config, tmp_path / "split", evaluate=False)
@@ -94,8 +60,8 @@ def test_resume_is_exact(tmp_path):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_cli_train_then_eval(tmp_path, capsys):
-  config_file = DIGITS
+def test_cli_train_then_eval(tmp_path, capsys, train_cli):
+  config_file = train_cli.recipe
   workdir = tmp_path / "run"
   overrides = ["--config.data.name=synthetic", "--config.data.synthetic_num_samples=64",
                "--config.batch_size=16", "--config.epochs=1", "--config.eval.knn_k=5",
@@ -114,21 +80,33 @@ def test_cli_train_then_eval(tmp_path, capsys):
   assert (workdir / "false_negatives.png").exists()
 
 
-def test_cli_reports_misspelt_config_key(tmp_path, capsys):
-  config_file = DIGITS
+def test_cli_reports_misspelt_config_key(tmp_path, capsys, train_cli):
+  config_file = train_cli.recipe
   code = cli.main(["train", f"--config={config_file}", f"--workdir={tmp_path}",
                    "--config.glofnd.alpah=0.1"])
   assert code == 2
   assert "alpah" in capsys.readouterr().err
 
 
-def test_bad_config_values_name_the_field(tmp_path):
-  config = tiny(load_config(DIGITS))
+def test_the_command_line_runs_train_the_tiny_config(train_cli, tiny_unimodal):
+  """``train_cli``'s flags, read as the CLI reads them, give the in-process tiny config: the
+  subprocess tests train what the in-process ones do (and evaluate as the recipe says)."""
+  rest, flags = overrides.split_overrides(train_cli.flags)
+  assert rest == []
+  from_cli = overrides.load(str(train_cli.recipe))
+  overrides.apply(from_cli, flags)
+  expected = tiny_unimodal(train_cli.recipe)
+  expected.eval = from_cli.eval
+  assert from_cli.to_dict() == expected.to_dict()
+
+
+def test_bad_config_values_name_the_field(tmp_path, tiny_unimodal):
+  config = tiny_unimodal()
   config.glofnd.start_update_epoch = 5
   config.glofnd.start_mask_epoch = 2
   with pytest.raises(ValueError, match="glofnd.start_update_epoch=5"):
     loop.train_and_evaluate(config, tmp_path)
-  config = tiny(load_config(DIGITS))
+  config = tiny_unimodal()
   config.batch_size = 1000
   with pytest.raises(ValueError, match="batch_size=1000"):
     loop.train_and_evaluate(config, tmp_path)

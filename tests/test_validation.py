@@ -6,25 +6,12 @@ import types
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_train import DIGITS, load_config, tiny
 
 from glofnd_jax import cli, per_sample, sharding
 from glofnd_jax.data import records
 from glofnd_jax.training import checkpoint as checkpoint_lib
 from glofnd_jax.training import loop
 from glofnd_jax.training.unimodal import UnimodalRun
-
-
-def _config(**fields):
-  """The tiny digits recipe with ``fields`` set (``"glofnd.alpha": 2.0`` style keys)."""
-  config = tiny(load_config(DIGITS))
-  for dotted, value in fields.items():
-    *parents, name = dotted.split(".")
-    node = config
-    for parent in parents:
-      node = node[parent]
-    node[name] = value
-  return config
 
 
 def _fails(config, error=ValueError, *, workdir="/tmp/unused"):
@@ -40,12 +27,12 @@ def _fails(config, error=ValueError, *, workdir="/tmp/unused"):
     ("glofnd.alphas", (0.01, -0.2), "config.glofnd.alphas=(0.01, -0.2) is invalid: every alpha "
                                     "must lie in (0, 1), and -0.2 does not"),
 ])
-def test_alpha_outside_open_unit_interval(field, value, expected):
-  assert expected in _fails(_config(**{field: value}))
+def test_alpha_outside_open_unit_interval(field, value, expected, tiny_unimodal):
+  assert expected in _fails(tiny_unimodal(**{field: value}))
 
 
-def test_start_update_after_start_mask():
-  message = _fails(_config(**{"glofnd.start_update_epoch": 5, "glofnd.start_mask_epoch": 2}))
+def test_start_update_after_start_mask(tiny_unimodal):
+  message = _fails(tiny_unimodal(**{"glofnd.start_update_epoch": 5, "glofnd.start_mask_epoch": 2}))
   assert "config.glofnd.start_update_epoch=5 is invalid" in message
   assert "glofnd.start_mask_epoch=2" in message
   assert "Set start_mask_epoch >= start_update_epoch" in message
@@ -62,8 +49,8 @@ def test_start_update_after_start_mask():
     ("keep_checkpoints", 0, "config.keep_checkpoints=0 is invalid: keep at least one checkpoint"),
     ("keep_checkpoints", -2, "config.keep_checkpoints=-2 is invalid: keep at least one"),
 ])
-def test_non_positive_rates_and_unknown_policies(field, value, expected):
-  assert expected in _fails(_config(**{field: value}))
+def test_non_positive_rates_and_unknown_policies(field, value, expected, tiny_unimodal):
+  assert expected in _fails(tiny_unimodal(**{field: value}))
 
 
 def test_per_sample_arrays_smaller_than_the_dataset():
@@ -76,13 +63,13 @@ def test_per_sample_arrays_smaller_than_the_dataset():
   assert "Initialise the state with num_samples=100" in message
 
 
-def test_checkpoint_from_a_smaller_dataset(tmp_path):
+def test_checkpoint_from_a_smaller_dataset(tmp_path, tiny_unimodal):
   """Resuming after the dataset grew: the checkpoint's per-sample arrays are too short."""
-  old = checkpoint_lib.config_fingerprint(_config(), 64)
+  old = checkpoint_lib.config_fingerprint(tiny_unimodal(), 64)
   checkpointer = checkpoint_lib.Checkpointer(tmp_path, fingerprint=old)
   checkpointer.save(3, {"u": jnp.zeros(64)})
   checkpointer.close()
-  new = checkpoint_lib.config_fingerprint(_config(), 100)
+  new = checkpoint_lib.config_fingerprint(tiny_unimodal(), 100)
   checkpointer = checkpoint_lib.Checkpointer(tmp_path, fingerprint=new)
   try:
     with pytest.raises(checkpoint_lib.IncompatibleCheckpointError) as raised:
@@ -95,16 +82,16 @@ def test_checkpoint_from_a_smaller_dataset(tmp_path):
   assert "start a new run in another checkpoint directory" in message
 
 
-def test_checkpoint_from_an_incompatible_config(tmp_path):
-  saved = _config()
+def test_checkpoint_from_an_incompatible_config(tmp_path, tiny_unimodal):
+  saved = tiny_unimodal()
   checkpointer = checkpoint_lib.Checkpointer(
       tmp_path, fingerprint=checkpoint_lib.config_fingerprint(saved, 64))
   checkpointer.save(6, {"u": jnp.zeros(64)})
   checkpointer.close()
-  changed = _config(**{"glofnd.mode": "fnd", "model.proj_dim": 32, "loss.name": "simclr",
+  changed = tiny_unimodal(**{"glofnd.mode": "fnd", "model.proj_dim": 32, "loss.name": "simclr",
                        "glofnd.alphas": (0.01, 0.05)})
   # Tunable numbers (temperature, learning rates, epochs) may change on resume.
-  compatible = _config(**{"loss.temperature": 0.3, "optim.lr": 0.01, "epochs": 9})
+  compatible = tiny_unimodal(**{"loss.temperature": 0.3, "optim.lr": 0.01, "epochs": 9})
   assert (checkpoint_lib.config_fingerprint(compatible, 64)
           == checkpoint_lib.config_fingerprint(saved, 64))
   checkpointer = checkpoint_lib.Checkpointer(
@@ -125,8 +112,8 @@ def test_checkpoint_from_an_incompatible_config(tmp_path):
 
 
 @pytest.mark.parametrize("bad", [-1, 64, 1000])
-def test_indices_outside_the_dataset(bad, tmp_path):
-  run = UnimodalRun(_config(), tmp_path)
+def test_indices_outside_the_dataset(bad, tmp_path, tiny_unimodal):
+  run = UnimodalRun(tiny_unimodal(), tmp_path)
   index = np.arange(16, dtype=np.int32)
   index[5] = bad
   local = {"image": np.zeros((16, 8, 8, 1), np.uint8), "index": index,
@@ -148,54 +135,54 @@ def test_global_batch_not_divisible_by_the_device_count():
       "size divisible by 8 (e.g. 8 or 16).")
 
 
-def test_batch_larger_than_the_dataset():
+def test_batch_larger_than_the_dataset(tiny_unimodal):
   assert "config.batch_size=1000 is larger than the dataset (64 samples)" in _fails(
-      _config(batch_size=1000))
+      tiny_unimodal(batch_size=1000))
 
 
-def test_missing_data_dir():
-  message = _fails(_config(**{"data.name": "arrayrecord", "data.data_dir": ""}))
+def test_missing_data_dir(tiny_unimodal):
+  message = _fails(tiny_unimodal(**{"data.name": "arrayrecord", "data.data_dir": ""}))
   assert "config.data.data_dir='' is invalid" in message
   assert "set --config.data.data_dir=DIR" in message
 
 
-def test_data_dir_that_does_not_exist(tmp_path):
+def test_data_dir_that_does_not_exist(tmp_path, tiny_unimodal):
   missing = str(tmp_path / "nowhere")
-  message = _fails(_config(**{"data.name": "arrayrecord", "data.data_dir": missing}))
+  message = _fails(tiny_unimodal(**{"data.name": "arrayrecord", "data.data_dir": missing}))
   assert f"config.data.data_dir='{missing}' is invalid: the directory does not exist" in message
 
 
-def test_data_dir_without_a_dataset(tmp_path):
-  message = _fails(_config(**{"data.name": "arrayrecord", "data.data_dir": str(tmp_path)}),
+def test_data_dir_without_a_dataset(tmp_path, tiny_unimodal):
+  message = _fails(tiny_unimodal(**{"data.name": "arrayrecord", "data.data_dir": str(tmp_path)}),
                    FileNotFoundError)
   assert "cannot open split 'train' of config.data.name='arrayrecord'" in message
   assert f"config.data.data_dir='{tmp_path}'" in message
   assert "convert_folder" in message  # how to make one
 
 
-def test_unknown_dataset():
-  message = _fails(_config(**{"data.name": "cifar11"}))
+def test_unknown_dataset(tiny_unimodal):
+  message = _fails(tiny_unimodal(**{"data.name": "cifar11"}))
   assert "config.data.name='cifar11'" in message and "unknown dataset" in message
   assert "digits" in message and "tfds:<name>" in message  # the known names
 
 
-def test_empty_dataset(tmp_path):
+def test_empty_dataset(tmp_path, tiny_unimodal):
   records.write_split(tmp_path, "train", [])
   records.write_info(tmp_path, records.ImageDatasetInfo(
       num_classes=2, class_names=["a", "b"], image_shape=[8, 8, 1], encoding="raw",
       splits={"train": 0}))
-  message = _fails(_config(**{"data.name": "arrayrecord", "data.data_dir": str(tmp_path)}))
+  message = _fails(tiny_unimodal(**{"data.name": "arrayrecord", "data.data_dir": str(tmp_path)}))
   assert "config.data.train_split='train' of config.data.name='arrayrecord' is empty" in message
   assert "point data_dir at the prepared dataset or name a non-empty split" in message
 
 
-def test_empty_synthetic_dataset():
-  message = _fails(_config(**{"data.synthetic_num_samples": 0}))
+def test_empty_synthetic_dataset(tiny_unimodal):
+  message = _fails(tiny_unimodal(**{"data.synthetic_num_samples": 0}))
   assert "config.data.synthetic_num_samples=0 is invalid" in message
 
 
-def test_image_shape_different_from_the_model(tmp_path):
-  run = UnimodalRun(_config(), tmp_path)  # image_size 8, channels 1
+def test_image_shape_different_from_the_model(tmp_path, tiny_unimodal):
+  run = UnimodalRun(tiny_unimodal(), tmp_path)  # image_size 8, channels 1
   local = {"image": np.zeros((16, 10, 10, 3), np.uint8), "index": np.arange(16, dtype=np.int32),
            "label": np.zeros(16, np.int32)}
   with pytest.raises(ValueError) as raised:
@@ -216,16 +203,16 @@ def test_tokenizer_file_missing(tmp_path):
   assert "glofnd-jax train-tokenizer" in message and "tokenizer.path" in message
 
 
-def test_misspelt_config_key_in_a_config():
-  config = _config()
+def test_misspelt_config_key_in_a_config(tiny_unimodal):
+  config = tiny_unimodal()
   config.glofnd.alpah = 0.1  # ConfigDict takes any new attribute: it must not be ignored
   message = _fails(config)
   assert "config.glofnd.alpah is not a known config key (value 0.1)" in message
   assert "did you mean config.glofnd.alpha?" in message
 
 
-def test_misspelt_config_key_on_the_command_line(tmp_path, capsys):
-  code = cli.main(["train", f"--config={DIGITS}", f"--workdir={tmp_path}",
+def test_misspelt_config_key_on_the_command_line(tmp_path, capsys, train_cli):
+  code = cli.main(["train", f"--config={train_cli.recipe}", f"--workdir={tmp_path}",
                    "--config.optim.learning_rate=0.1", "--config.glofnd.alpah=0.1"])
   assert code == 2
   error = capsys.readouterr().err
@@ -235,16 +222,16 @@ def test_misspelt_config_key_on_the_command_line(tmp_path, capsys):
   assert " lr," in error
 
 
-def test_train_reports_before_touching_the_workdir(tmp_path):
+def test_train_reports_before_touching_the_workdir(tmp_path, tiny_unimodal):
   """Validation runs before anything is written: a bad config leaves no checkpoint behind."""
   with pytest.raises(ValueError, match="config.glofnd.alpha=2.0"):
-    loop.train_and_evaluate(_config(**{"glofnd.alpha": 2.0}), tmp_path / "run")
+    loop.train_and_evaluate(tiny_unimodal(**{"glofnd.alpha": 2.0}), tmp_path / "run")
   assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-def test_workdir_given_as_a_url():
+def test_workdir_given_as_a_url(tiny_unimodal):
   with pytest.raises(ValueError) as raised:
-    loop.train_and_evaluate(_config(), "gs://bucket/run")
+    loop.train_and_evaluate(tiny_unimodal(), "gs://bucket/run")
   message = str(raised.value)
   assert "--workdir='gs://bucket/run' is a URL" in message
   assert "Mount the bucket on every host" in message
