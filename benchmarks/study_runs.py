@@ -185,9 +185,13 @@ def train_in_children(runs: list[Run], cache: pathlib.Path, store: Store, jobs: 
       time.sleep(0.5)
   finally:  # a failure or the time limit: no child outlives the study
     for _, process, _ in running.values():
-      process.terminate()
+      process.terminate()  # the run's preemption guard may save a checkpoint first
     for _, process, _ in running.values():
-      process.wait()
+      try:
+        process.wait(timeout=60)
+      except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def stop_at_time_limit(unfinished: int, log) -> None:
