@@ -26,13 +26,20 @@ Protocol:
    (scipy); the paired p-values are also Holm-Bonferroni adjusted over the family of all tests
    in the printed table.
 
-Runs are cached: each run's work dir (default ``workdir/quality_study/``) keeps its
-``results.json``, and a rerun reuses finished runs and resumes unfinished ones from their
-checkpoints. Writes ``benchmarks/results/quality_study.json`` and ``quality_study.png``.
+Runs are cached and stored (``study_runs.py``): each run's work dir (default
+``workdir/quality_study/``) keeps its checkpoints and ``results.json``, and the store (default
+``benchmarks/results/study_runs/quality_study/``, small enough to commit) keeps each finished run's
+results with its config; a rerun, here or on another machine, reuses stored runs (an entry of
+another config is an error naming the fields) and resumes unfinished ones from their checkpoints.
+``--jobs N`` trains the independent runs of a phase (the tuning grid, the tau_w runs, the test
+runs) N at a time, each in its own process; the report does not depend on N. ``--time-limit S``
+stops the study cleanly after S seconds (rerun to continue). Writes
+``benchmarks/results/quality_study.json`` and ``quality_study.png``.
 
     python benchmarks/quality_study.py [--quick] [--seeds 5] [--modes ARM,...] [--batch-size B]
         [--config FILE] [--epochs E] [--alphas A,...] [--starts E,...]
-        [--no-tune --alpha A --start E --tau-w T] [--out FILE] [--cache DIR]
+        [--no-tune --alpha A --start E --tau-w T] [--out FILE] [--cache DIR] [--store DIR]
+        [--jobs N] [--time-limit S]
 
 ``benchmarks/treatment_study.py`` runs this study over the treatment arms.
 """
@@ -41,20 +48,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
+import functools
 import itertools
 import json
 import math
+import os
 import pathlib
 import tempfile
 import time
 
 import common
 import numpy as np
+import study_runs
 
 from glofnd_jax.config.common import load_config_file
-from glofnd_jax.evaluation import read_results
-from glofnd_jax.training import loop
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "digits_sogclr_glofnd.py"
@@ -136,21 +143,10 @@ def make_config(config_path: pathlib.Path, arm: str, seed: int, alpha: float, st
   return c
 
 
-def run_once(config, workdir: pathlib.Path, log) -> dict:
-  """Train + evaluate (or reuse a finished run's ``results.json``)."""
-  results_file = workdir / "results.json"
-  if results_file.exists():
-    written = json.loads((workdir / loop.CONFIG_FILE).read_text())
-    if written != json.loads(config.to_json_best_effort()):
-      raise SystemExit(f"{workdir} holds a finished run of another config (its config.json "
-                       "differs): use another --cache, or delete that run to recompute it.")
-    return read_results(results_file)
-  start = time.time()
-  with contextlib.redirect_stdout(io.StringIO()) as captured:
-    results = loop.train_and_evaluate(config, workdir)
-  (workdir / "train_stdout.txt").write_text(captured.getvalue())
-  log(f"  {workdir.name}: {time.time() - start:.0f} s, kNN {results['knn']['top1']:.4f}")
-  return results
+def make_run(name: str, **settings) -> study_runs.Run:
+  """A run named ``name`` (its work dir and store entry) of ``make_config(**settings)``."""
+  settings["config_path"] = str(settings["config_path"])  # JSON for a child process
+  return study_runs.Run(name, settings, make_config(**settings))
 
 
 def metric_values(results: dict) -> dict:
@@ -164,34 +160,44 @@ def metric_values(results: dict) -> dict:
   return out
 
 
-def validation_score(config_path, cache, arm, alpha, start, seeds, *, tau_w=None, **kw) -> tuple:
-  """Mean over ``seeds`` of (kNN top-1 + first-probe accuracy) / 2 on the validation split."""
-  scores = []
-  for seed in seeds:
-    config = make_config(config_path, arm, seed, alpha, start, on_validation=True,
-                         tau_w=tau_w, **kw)
+def validation_scores(config_path, results_of, arm, points, seeds, **kw) -> list[tuple]:
+  """For each ``(alpha, start, tau_w)`` of ``points``: the mean over ``seeds`` of (kNN top-1 +
+  first-probe accuracy) / 2 on the validation split, and the per-seed scores."""
+  runs = {}
+  for alpha, start, tau_w in points:
     name = f"tune_{arm}_a{alpha:g}_s{start}" + ("" if tau_w is None else f"_t{tau_w:g}")
-    results = run_once(config, cache / f"{name}_seed{seed}", print)
-    probe = results["linear_probe"][next(iter(results["linear_probe"]))]
-    scores.append({"knn_top1": results["knn"]["top1"], "probe": probe["accuracy"]})
-  return float(np.mean([(s["knn_top1"] + s["probe"]) / 2 for s in scores])), scores
+    for seed in seeds:
+      runs[alpha, start, tau_w, seed] = make_run(
+          f"{name}_seed{seed}", config_path=config_path, arm=arm, seed=seed, alpha=alpha,
+          start=start, tau_w=tau_w, on_validation=True, **kw)
+  results = results_of(list(runs.values()))  # every point's runs at once: one phase
+  out = []
+  for point in points:
+    scores = []
+    for seed in seeds:
+      r = results[runs[(*point, seed)].name]
+      probe = r["linear_probe"][next(iter(r["linear_probe"]))]
+      scores.append({"knn_top1": r["knn"]["top1"], "probe": probe["accuracy"]})
+    out.append((float(np.mean([(s["knn_top1"] + s["probe"]) / 2 for s in scores])), scores))
+  return out
 
 
-def tune(config_path: pathlib.Path, cache: pathlib.Path, *, alphas, starts, seeds, log,
-         tau_ws=(), **kw) -> dict:
+def tune(config_path: pathlib.Path, results_of, *, alphas, starts, seeds, log, tau_ws=(),
+         **kw) -> dict:
+  grid = list(itertools.product(alphas, starts))
   rows = []
-  for alpha, start in itertools.product(alphas, starts):
-    score, scores = validation_score(config_path, cache, "glofnd", alpha, start, seeds, **kw)
+  for (alpha, start), (score, scores) in zip(grid, validation_scores(
+      config_path, results_of, "glofnd", [(a, s, None) for a, s in grid], seeds, **kw)):
     rows.append({"alpha": alpha, "start_epoch": start, "val_score": score, "per_seed": scores})
     log(f"tuning alpha={alpha:g} start={start}: val score {score:.4f}")
   best = max(rows, key=lambda r: r["val_score"])  # ties: the first in grid order
   tuned = {"grid": rows, "alpha": best["alpha"], "start_epoch": best["start_epoch"],
            "tau_w": None, "seeds": list(seeds), "criterion": "mean over tuning seeds of (kNN "
            "top-1 + the first probe's accuracy) / 2 on the validation split"}
-  tau_rows = []
-  for tau_w in tau_ws:  # at the chosen (alpha, start): the detector is tuned once, for removal
-    score, scores = validation_score(config_path, cache, "glofnd+reweight", best["alpha"],
-                                     best["start_epoch"], seeds, tau_w=tau_w, **kw)
+  tau_rows = []  # at the chosen (alpha, start): the detector is tuned once, for removal
+  points = [(best["alpha"], best["start_epoch"], tau_w) for tau_w in tau_ws]
+  for tau_w, (score, scores) in zip(tau_ws, validation_scores(
+      config_path, results_of, "glofnd+reweight", points, seeds, **kw) if points else []):
     tau_rows.append({"tau_w": tau_w, "val_score": score, "per_seed": scores})
     log(f"tuning tau_w={tau_w:g}: val score {score:.4f}")
   if tau_rows:
@@ -306,7 +312,7 @@ def measured(summary: dict, names) -> list[str]:
   return [n for n in names if any(summary[arm][n] is not None for arm in summary)]
 
 
-def main(argv=None):
+def parse_args(argv):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true",
                       help="1 seed, 2 epochs, 10%% probe only, no tuning "
@@ -336,29 +342,91 @@ def main(argv=None):
                       help="global batch instead of the config's (default cache: "
                            "workdir/quality_study_b<B>)")
   parser.add_argument("--cache", type=pathlib.Path, default=None,
-                      help="run work dirs (default workdir/quality_study; quick: a temp dir)")
+                      help="run work dirs (default workdir/<name>[_b<B>]; quick: a temp dir)")
+  parser.add_argument("--store", type=pathlib.Path, default=None,
+                      help="finished runs' results, kept to resume the study elsewhere (default "
+                           "benchmarks/results/study_runs/<name>[_b<B>]; quick: a temp dir)")
+  parser.add_argument("--jobs", type=int, default=1,
+                      help="runs of a phase trained at once, each in its own process")
+  parser.add_argument("--time-limit", type=float, default=None,
+                      help="seconds: then no run starts, running ones stop, and the study exits "
+                           f"with status {study_runs.EXIT_TIME_LIMIT} (rerun to continue)")
+  parser.add_argument("--ignore-field", action="append", default=[], metavar="FIELD",
+                      help="a config field (dotted) that stored or cached runs may lack or differ "
+                           "in, e.g. one added since they ran whose default keeps their behaviour")
   parser.add_argument("--name", default="quality_study", help="the report's name and JSON file")
   args = parser.parse_args(argv)
+  if args.jobs < 1:
+    parser.error(f"--jobs {args.jobs}: give 1 or more runs at a time")
+  return args
+
+
+def study_dirs(args, stack: contextlib.ExitStack) -> tuple[pathlib.Path, study_runs.Store]:
+  """The cache (run work dirs) and the store: a quick run's default to temp dirs."""
+  temp = lambda: pathlib.Path(stack.enter_context(tempfile.TemporaryDirectory()))
+  cache = args.cache or (temp() if args.quick else ROOT / "workdir" / runs_name(args))
+  cache.mkdir(parents=True, exist_ok=True)
+  return cache, study_runs.Store(args.store or (temp() if args.quick else default_store(args)))
+
+
+def runs_name(args) -> str:
+  return args.name if args.batch_size is None else f"{args.name}_b{args.batch_size}"
+
+
+def default_store(args) -> pathlib.Path:
+  return common.RESULTS / "study_runs" / runs_name(args)
+
+
+def study_arms(args) -> tuple[str, ...]:
   arms = tuple((args.modes or ("none,glofnd" if args.quick else ",".join(MODES))).split(","))
   for arm in arms:
     parse_arm(arm)  # a misspelt arm fails before the first run
+  return arms
+
+
+def planned_runs(args) -> int:
+  """How many runs the study of ``args`` trains in all (tuning and test)."""
+  arms = study_arms(args)
+  if args.quick:
+    return len(arms)
+  tuning = 0 if args.no_tune else len(TUNING_SEEDS) * (
+      len(args.alphas.split(",")) * len(args.starts.split(","))
+      + (len(args.tau_ws.split(",")) if any("+reweight" in a for a in arms) else 0))
+  return tuning + len(arms) * args.seeds
+
+
+def describe_jobs(jobs: int, log) -> None:
+  """Which device the children share. Run before jax is used here: this process then takes GPU
+  memory as needed, not the default 75 %, leaving it to the children."""
+  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+  import jax
+  backend = jax.default_backend()
+  if backend == "cpu":
+    log(f"--jobs {jobs} on CPU: the runs share the {os.cpu_count()} cores (each is slower; the "
+        "results are the same)")
+  else:
+    log(f"--jobs {jobs} on {backend}: each run may take {0.9 / jobs:.0%} of the device memory")
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  arms = study_arms(args)
   out = common.output_path(args.out, args.name, args.quick)
   plot_path = args.plot or out.with_suffix(".png")
   started = time.time()
   log = lambda line: print(line, flush=True)
+  if args.jobs > 1:
+    describe_jobs(args.jobs, log)
   base = load_config_file(args.config)
   floats = lambda text: tuple(float(v) for v in text.split(",") if v)
   kw = {"epochs": args.epochs, "batch_size": args.batch_size}
 
   with contextlib.ExitStack() as stack:
-    if args.cache is not None:
-      cache = args.cache
-    elif args.quick:
-      cache = pathlib.Path(stack.enter_context(tempfile.TemporaryDirectory()))
-    else:
-      cache = ROOT / "workdir" / (args.name if args.batch_size is None
-                                  else f"{args.name}_b{args.batch_size}")
-    cache.mkdir(parents=True, exist_ok=True)
+    cache, store = study_dirs(args, stack)
+    results_of = functools.partial(
+        study_runs.results_of, cache=cache, store=store, jobs=args.jobs, log=log,
+        deadline=None if args.time_limit is None else started + args.time_limit,
+        ignore=tuple(args.ignore_field))
     tau_w = args.tau_w
     if args.quick:
       seeds, kw["epochs"] = (0,), 2
@@ -376,22 +444,26 @@ def main(argv=None):
         tau_ws = floats(args.tau_ws) if any("+reweight" in a for a in arms) else ()
         log(f"tuning on validation: alpha in {alphas}, start in {starts}, tau_w in {tau_ws}, "
             f"seeds {TUNING_SEEDS}")
-        tuning = tune(args.config, cache, alphas=alphas, starts=starts, seeds=TUNING_SEEDS,
-                      log=log, tau_ws=tau_ws, probe_fractions=(args.tune_probe,), **kw)
+        tuning = tune(args.config, results_of, alphas=alphas, starts=starts,
+                      seeds=TUNING_SEEDS, log=log, tau_ws=tau_ws,
+                      probe_fractions=(args.tune_probe,), **kw)
         alpha, start, tau_w = tuning["alpha"], tuning["start_epoch"], tuning["tau_w"]
     log(f"test runs: arms {', '.join(arms)}, seeds {list(seeds)}, alpha {alpha:g}, "
         f"start epoch {start}" + ("" if tau_w is None else f", tau_w {tau_w:g}"))
-    per_mode, raw = {}, {}
-    for seed in seeds:  # seed-major: a partial study has every arm for its first seeds
-      for arm in arms:
-        config = make_config(args.config, arm, seed, alpha, start, on_validation=False,
-                             probe_fractions=probe_fractions, tau_w=tau_w, **kw)
-        values = metric_values(run_once(config, cache / f"{arm}_seed{seed}", log))
-        if arm == "none":  # nothing is flagged: precision and recall are undefined, not 0
-          values.update({name: None for name in METRICS if name.startswith("fn_")})
-        per_mode.setdefault(arm, []).append(values)
-        raw.setdefault(arm, []).append({"seed": seed, **values})
+    runs = [make_run(f"{arm}_seed{seed}", config_path=args.config, arm=arm, seed=seed,
+                     alpha=alpha, start=start, on_validation=False,
+                     probe_fractions=probe_fractions, tau_w=tau_w, **kw)
+            for seed in seeds for arm in arms]  # seed-major: early seeds have every arm first
+    results = results_of(runs)
 
+  per_mode, raw = {}, {}
+  for run in runs:
+    arm, seed = run.settings["arm"], run.settings["seed"]
+    values = metric_values(results[run.name])
+    if arm == "none":  # nothing is flagged: precision and recall are undefined, not 0
+      values.update({name: None for name in METRICS if name.startswith("fn_")})
+    per_mode.setdefault(arm, []).append(values)
+    raw.setdefault(arm, []).append({"seed": seed, **values})
   summary, comparisons = summarize(per_mode)
   epochs = kw["epochs"] or base.epochs
   batch_size = args.batch_size or base.batch_size
@@ -405,7 +477,12 @@ def main(argv=None):
   common.write_json(report, out)
   plot(summary, plot_path, f"SogCLR on {base.data.name}, batch {batch_size}, {epochs} epochs, "
        f"{len(seeds)} seed(s), alpha={alpha:g}, start epoch {start}")
+  print_tables(summary, comparisons)
+  print(f"wrote {out} and {plot_path}")
+  return report
 
+
+def print_tables(summary: dict, comparisons: dict) -> None:
   columns = measured(summary, METRICS)
   print(common.markdown_table(
       ["arm"] + [METRICS[n][0] for n in columns],
@@ -424,8 +501,7 @@ def main(argv=None):
                    "yes" if holm_p is not None and holm_p < 0.05 else "no"])
   print(common.markdown_table(["comparison", "metric", "mean diff (pts)", "Welch p",
                                "paired p", "paired p, Holm", "significant (Holm, 0.05)"], rows))
-  print(f"{len(rows)} tests. wrote {out} and {plot_path}")
-  return report
+  print(f"{len(rows)} tests.")
 
 
 if __name__ == "__main__":

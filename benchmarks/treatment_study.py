@@ -14,16 +14,22 @@ on each study's recipe:
 - ``digits``: the digits default at batch 32 (more negatives per anchor are in-class there).
 
 Each study writes ``benchmarks/results/treatment_study_<study>.json`` and a plot beside it, and
-prints the tables for BENCHMARKS.md. Runs are cached in ``workdir/treatment_study_<study>/``:
-a rerun reuses finished runs and resumes unfinished ones.
+prints the tables for BENCHMARKS.md. Runs are cached in ``workdir/treatment_study_<study>/`` and
+their results kept in ``benchmarks/results/study_runs/treatment_study_<study>/`` (digits:
+``..._digits_b32``; committed): a rerun, here or on another machine, reuses the stored runs and
+resumes unfinished ones. ``--jobs N`` trains N runs at a time; ``--time-limit S`` stops cleanly
+after S seconds (status 3; rerun to continue); ``--progress`` only counts the stored runs.
+``benchmarks/gpu_treatment_study.sh`` runs it on a lent GPU machine.
 
     python benchmarks/treatment_study.py [--studies glyphs,digits] [--seeds 5] [--quick]
+        [--jobs N] [--time-limit S] [--store-dir DIR] [--progress]
 """
 
 from __future__ import annotations
 
 import argparse
 import pathlib
+import time
 
 import quality_study
 
@@ -39,7 +45,8 @@ STUDIES = {  # name -> (recipe, quality_study flags of the full study)
 }
 
 
-def flags(study: str, *, seeds: int, quick: bool, out_dir: pathlib.Path | None) -> list[str]:
+def flags(study: str, *, seeds: int, quick: bool, out_dir: pathlib.Path | None,
+          store_dir: pathlib.Path | None = None) -> list[str]:
   recipe, study_flags = STUDIES[study]
   name = f"treatment_study_{study}"
   args = ["--config", str(ROOT / "configs" / recipe), "--seeds", str(seeds), "--name", name]
@@ -49,7 +56,16 @@ def flags(study: str, *, seeds: int, quick: bool, out_dir: pathlib.Path | None) 
     args += ["--modes", ",".join(ARMS)] + study_flags
   if out_dir is not None:
     args += ["--out", str(out_dir / f"{name}.json")]
+  if store_dir is not None:
+    args += ["--store", str(store_dir / quality_study.runs_name(quality_study.parse_args(args)))]
   return args
+
+
+def progress(study: str, study_flags: list[str]) -> str:
+  args = quality_study.parse_args(study_flags)
+  store = args.store or quality_study.default_store(args)
+  done = len(list(store.glob("*.json"))) if store.is_dir() else 0
+  return f"{study}: {done} of {quality_study.planned_runs(args)} runs in {store}"
 
 
 def main(argv=None):
@@ -59,17 +75,32 @@ def main(argv=None):
   parser.add_argument("--quick", action="store_true", help="a smoke test of each study")
   parser.add_argument("--out-dir", type=pathlib.Path, default=None,
                       help="where the JSON goes (default benchmarks/results/)")
+  parser.add_argument("--store-dir", type=pathlib.Path, default=None,
+                      help="each study's store goes in DIR/<its name> (default "
+                           "benchmarks/results/study_runs/; quick: a temp dir)")
+  parser.add_argument("--jobs", type=int, default=1, help="runs trained at once")
+  parser.add_argument("--time-limit", type=float, default=None,
+                      help="seconds for all the studies together")
+  parser.add_argument("--progress", action="store_true",
+                      help="print how many runs of each study are stored, and train nothing")
   args = parser.parse_args(argv)
   studies = args.studies.split(",")
   unknown = [s for s in studies if s not in STUDIES]
   if unknown:
     raise SystemExit(f"--studies: unknown {', '.join(unknown)}; choose from "
                      f"{', '.join(STUDIES)}")
-  reports = {}
+  started, reports = time.time(), {}
   for study in studies:
+    study_flags = flags(study, seeds=args.seeds, quick=args.quick, out_dir=args.out_dir,
+                        store_dir=args.store_dir)
+    if args.progress:
+      print(progress(study, study_flags), flush=True)
+      continue
+    study_flags += ["--jobs", str(args.jobs)]
+    if args.time_limit is not None:
+      study_flags += ["--time-limit", str(args.time_limit - (time.time() - started))]
     print(f"== {study} ==", flush=True)
-    reports[study] = quality_study.main(
-        flags(study, seeds=args.seeds, quick=args.quick, out_dir=args.out_dir))
+    reports[study] = quality_study.main(study_flags)
   return reports
 
 
