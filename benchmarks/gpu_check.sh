@@ -5,9 +5,10 @@
 #   bash benchmarks/gpu_check.sh              # on the GPU machine
 #   bash benchmarks/gpu_check.sh --cpu-smoke  # here: the same Python entry at tiny sizes on CPU
 #
-# Python: the project's .venv if its jax sees a GPU; otherwise the first python3 on the machine whose
-# jax sees a GPU (on the lent GPU machines, the image's own), with PYTHONPATH set to the repository:
-# the check needs only jax, flax, optax and numpy, so nothing is installed.
+# Python (benchmarks/device_python.sh): the project's .venv if its jax sees a GPU; otherwise the
+# first python3 on the machine whose jax sees a GPU (on the lent GPU machines, the image's own),
+# with PYTHONPATH set to the repository: the check needs only jax, flax, optax and numpy, so
+# nothing is installed.
 # Limits: GPU_CHECK_TIMEOUT (default 540 s) for the Python run, then it is killed; the JSON it
 # wrote phase by phase is kept. Output: benchmarks/results/gpu_check.json (cpu smoke:
 # gpu_check_cpu_smoke.json), also copied to $OUT when that is set, and a GPU_CHECK_SUMMARY line.
@@ -22,8 +23,8 @@ RESULT=benchmarks/results/gpu_check.json
 for arg in "$@"; do case "$arg" in --out=*) RESULT=${arg#--out=} ;; esac; done
 
 say() { echo "[gpu_check.sh] $*"; }
-sees_gpu() { timeout 120 "$1" -c "import jax, flax, optax; assert jax.devices()[0].platform == 'gpu'" >/dev/null 2>&1; }
-has_jax() { timeout 120 "$1" -c "import jax, flax, optax" >/dev/null 2>&1; }
+# shellcheck source=benchmarks/device_python.sh
+. benchmarks/device_python.sh
 
 say "start $(date -u +%FT%TZ) in $REPO"
 if command -v nvidia-smi >/dev/null 2>&1; then
@@ -32,31 +33,16 @@ else
   say "nvidia-smi not found"
 fi
 
-PY=""
 export PYTHONUNBUFFERED=1
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
-if [ "$CPU_SMOKE" = 1 ]; then
-  for candidate in "$REPO/.venv/bin/python" python3; do
-    if has_jax "$candidate"; then PY=$candidate; break; fi
-  done
-  export JAX_PLATFORMS=cpu
-elif [ -x "$REPO/.venv/bin/python" ] && sees_gpu "$REPO/.venv/bin/python"; then
-  PY="$REPO/.venv/bin/python"
-else
-  BASE=""
-  for candidate in python3 python /opt/torch/.venv/bin/python3; do
-    if command -v "$candidate" >/dev/null 2>&1 && sees_gpu "$candidate"; then BASE=$candidate; break; fi
-  done
-  if [ -z "$BASE" ]; then
-    say "no python with a GPU-enabled jax, flax and optax was found"
-    mkdir -p "$(dirname "$RESULT")"
-    echo '{"benchmark": "gpu_check", "ok": false, "errors": {"environment": "no python whose jax sees a GPU"}}' > "$RESULT"
-    [ -n "${OUT:-}" ] && cp "$RESULT" "$OUT/" 2>/dev/null
-    exit 2
-  fi
-  PY=$(command -v "$BASE")
+choose_python "$CPU_SMOKE"
+if [ -z "$PY" ]; then
+  say "no python with jax, flax and optax$([ "$CPU_SMOKE" = 0 ] && echo ' that sees a GPU') was found"
+  mkdir -p "$(dirname "$RESULT")"
+  echo '{"benchmark": "gpu_check", "ok": false, "errors": {"environment": "no python whose jax sees a GPU"}}' > "$RESULT"
+  [ -n "${OUT:-}" ] && cp "$RESULT" "$OUT/" 2>/dev/null
+  exit 2
 fi
-if [ -z "$PY" ]; then say "no usable python"; exit 2; fi
 say "python: $PY ($("$PY" -c 'import jax; print("jax", jax.__version__, jax.devices())' 2>&1 | tail -1))"
 
 timeout --signal=TERM --kill-after=30 "$LIMIT" "$PY" benchmarks/gpu_check.py "$@"

@@ -33,8 +33,8 @@ WHEELS="grain==0.2.18 array_record==0.8.6 ml_collections==1.1.0 portpicker==1.6.
 NEEDED="jax, flax, optax, orbax.checkpoint, grain, array_record, ml_collections, sklearn, scipy, matplotlib, tensorboardX, cv2"
 
 say() { echo "[gpu_treatment_study.sh] $*"; }
-sees_gpu() { timeout 120 "$1" -c "import jax, flax, optax; assert jax.devices()[0].platform == 'gpu'" >/dev/null 2>&1; }
-has_jax() { timeout 120 "$1" -c "import jax, flax, optax" >/dev/null 2>&1; }
+# shellcheck source=benchmarks/device_python.sh
+. benchmarks/device_python.sh
 
 fetch_wheels() {
   local pip_python=python3
@@ -68,24 +68,13 @@ if [ "$CPU_SMOKE" = 0 ] && ls .whl/*.whl >/dev/null 2>&1; then
   export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
 
-PY=""
 if [ -n "${STUDY_PYTHON:-}" ]; then
   PY=$STUDY_PYTHON
   [ "$CPU_SMOKE" = 1 ] && export JAX_PLATFORMS=cpu
-elif [ "$CPU_SMOKE" = 1 ]; then
-  for candidate in "$REPO/.venv/bin/python" python3; do
-    if has_jax "$candidate"; then PY=$candidate; break; fi
-  done
-  export JAX_PLATFORMS=cpu
-elif [ -x "$REPO/.venv/bin/python" ] && sees_gpu "$REPO/.venv/bin/python"; then
-  PY="$REPO/.venv/bin/python"
 else
-  command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-  for candidate in python3 python /opt/torch/.venv/bin/python3; do
-    if command -v "$candidate" >/dev/null 2>&1 && sees_gpu "$candidate"; then
-      PY=$(command -v "$candidate"); break
-    fi
-  done
+  [ "$CPU_SMOKE" = 0 ] && command -v nvidia-smi >/dev/null 2>&1 &&
+    nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+  choose_python "$CPU_SMOKE"
 fi
 if [ -z "$PY" ]; then say "no python whose jax sees a GPU (--cpu-smoke: with jax) was found"; exit 2; fi
 if ! MISSING=$("$PY" -c "import $NEEDED" 2>&1); then
