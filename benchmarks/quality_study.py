@@ -5,10 +5,11 @@ another, e.g. the glyphs), several seeds per arm. An arm is a detection mode (no
 glofnd_shared, oracle), optionally followed by ``+attract`` / ``+reweight`` (the treatment of what
 it flags; ``remove`` otherwise) and ``+per_sample`` (Adam's bias correction from each sample's own
 update count instead of the epoch rule), e.g. ``glofnd+reweight``. A seed fixes the network
-initialisation and the data order, so runs of the same seed are paired across arms. Per run: kNN top-1, linear probe at 100/10/2% labels (C chosen on the validation split),
-and the false-negative precision/recall of the detector (in-batch, averaged over the last training
-epoch, every mode; and, for the learned modes, of the rule ``s_ij > lambda_i`` over all pairs of
-the training set).
+initialisation and the data order, so runs of the same seed are paired across arms. Per run: kNN
+top-1, linear probe at 100/10/2% labels (C chosen on the validation split), and the
+false-negative precision/recall of the detector (in-batch, averaged over the last training epoch,
+every mode; and, for the learned modes, of the rule ``s_ij > lambda_i`` over all pairs of the
+training set).
 
 Protocol:
 
@@ -17,14 +18,15 @@ Protocol:
    when a ``reweight`` arm is studied, ``tau_w`` for ``glofnd+reweight`` at the chosen pair; each
    run is evaluated with the validation split standing in for the test split (the probe then
    picks C on 10 % held out of train), so the test split is never read. The score is the mean of
-   kNN top-1 and 100 %-label probe accuracy on validation, averaged over tuning seeds.
+   kNN top-1 and the probe's accuracy at ``--tune-probe`` labels (default 100 %) on validation,
+   averaged over tuning seeds.
 2. Test: every arm with the chosen ``alpha``/start/``tau_w`` (FND, the shared threshold and the
    oracle use the same start epoch; FND the same alpha), on seeds 0..S-1, on the test split.
 3. Statistics: mean +- std per arm; for each metric and each comparison (every arm vs ``none``;
    GloFND vs FND and vs the shared threshold under the same treatment; each treatment vs removal
-   by the same detector; ``+per_sample`` vs the epoch rule), Welch's and the paired t-test over seeds
-   (scipy); the paired p-values are also Holm-Bonferroni adjusted over the family of all tests
-   in the printed table.
+   by the same detector; ``+per_sample`` vs the epoch rule), Welch's and the paired t-test over
+   seeds (scipy); the paired p-values are also Holm-Bonferroni adjusted over the family of all tests
+   in the printed table (``study_report.py``: the tests, the plot and the tables).
 
 Runs are cached and stored (``study_runs.py``): each run's work dir (default
 ``workdir/quality_study/``) keeps its checkpoints and ``results.json``, and the store (default
@@ -50,8 +52,6 @@ import argparse
 import contextlib
 import functools
 import itertools
-import json
-import math
 import os
 import pathlib
 import tempfile
@@ -59,6 +59,7 @@ import time
 
 import common
 import numpy as np
+import study_report
 import study_runs
 
 from glofnd_jax.config.common import load_config_file
@@ -72,23 +73,6 @@ TAU_WS = (0.02, 0.05, 0.1)
 TREATMENTS = ("attract", "reweight")  # arm suffixes; no suffix is "remove"
 ABLATIONS = ("per_sample",)
 TUNING_SEEDS = (100, 101)
-METRICS = {  # name -> (label, getter on a results dict)
-    "knn_top1": ("kNN top-1", lambda r: r["knn"]["top1"]),
-    "probe_100": ("probe 100%", lambda r: r["linear_probe"]["1"]["accuracy"]),
-    "probe_10": ("probe 10%", lambda r: r["linear_probe"]["0.1"]["accuracy"]),
-    "probe_2": ("probe 2%", lambda r: r["linear_probe"]["0.02"]["accuracy"]),
-    "probe_1": ("probe 1%", lambda r: r["linear_probe"]["0.01"]["accuracy"]),
-    "fn_precision_batch": ("FN precision (in-batch, last epoch)",
-                           lambda r: r["meta"]["train_detector_last_epoch"].get("fn_precision")),
-    "fn_recall_batch": ("FN recall (in-batch, last epoch)",
-                        lambda r: r["meta"]["train_detector_last_epoch"].get("fn_recall")),
-    "fn_precision_dataset": ("FN precision (s > lambda, all train pairs)",
-                             lambda r: (r.get("false_negatives") or {}).get("precision")),
-    "fn_recall_dataset": ("FN recall (s > lambda, all train pairs)",
-                          lambda r: (r.get("false_negatives") or {}).get("recall")),
-}
-REPRESENTATION = ("knn_top1", "probe_100", "probe_10", "probe_2", "probe_1")
-FAMILY = REPRESENTATION + ("fn_precision_batch", "fn_recall_batch")  # the tests reported
 
 
 def parse_arm(arm: str) -> dict:
@@ -149,17 +133,6 @@ def make_run(name: str, **settings) -> study_runs.Run:
   return study_runs.Run(name, settings, make_config(**settings))
 
 
-def metric_values(results: dict) -> dict:
-  out = {}
-  for name, (_, getter) in METRICS.items():
-    try:
-      value = getter(results)
-    except (KeyError, TypeError):
-      value = None
-    out[name] = None if value is None or not math.isfinite(value) else float(value)
-  return out
-
-
 def validation_scores(config_path, results_of, arm, points, seeds, **kw) -> list[tuple]:
   """For each ``(alpha, start, tau_w)`` of ``points``: the mean over ``seeds`` of (kNN top-1 +
   first-probe accuracy) / 2 on the validation split, and the per-seed scores."""
@@ -206,33 +179,6 @@ def tune(config_path: pathlib.Path, results_of, *, alphas, starts, seeds, log, t
   return tuned
 
 
-def compare(a: list, b: list) -> dict:
-  """Welch and paired t-tests of a vs b (lists aligned by seed; None entries dropped pairwise)."""
-  from scipy import stats
-  pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
-  out = {"n": len(pairs), "mean_difference": None, "welch_p": None, "paired_p": None}
-  if not pairs:
-    return out
-  x, y = np.array(pairs).T
-  out["mean_difference"] = float(np.mean(x - y))
-  if len(pairs) >= 2:
-    welch = stats.ttest_ind(x, y, equal_var=False).pvalue
-    paired = stats.ttest_rel(x, y).pvalue
-    out["welch_p"] = None if not np.isfinite(welch) else float(welch)
-    out["paired_p"] = None if not np.isfinite(paired) else float(paired)
-  return out
-
-
-def holm(p_values: dict) -> dict:
-  """Holm-Bonferroni adjusted p-values of a family ``{test name: p}`` (None entries skipped)."""
-  items = sorted((p, name) for name, p in p_values.items() if p is not None)
-  adjusted, running = {}, 0.0
-  for rank, (p, name) in enumerate(items):
-    running = max(running, min(1.0, (len(items) - rank) * p))
-    adjusted[name] = running
-  return adjusted
-
-
 def comparison_pairs(arms) -> list[tuple[str, str]]:
   """The family of comparisons among ``arms``: each vs none; GloFND vs FND and vs the shared
   threshold under the same treatment; each treatment vs removal by the same detector;
@@ -249,67 +195,6 @@ def comparison_pairs(arms) -> list[tuple[str, str]]:
     if p["per_sample"]:
       pairs += [(a, b) for b in [arm_name(p["mode"], p["treatment"])] if b in arms]
   return pairs
-
-
-def summarize(per_mode: dict) -> tuple[dict, dict]:
-  summary = {}
-  for mode, runs in per_mode.items():
-    summary[mode] = {}
-    for name in METRICS:
-      values = [r[name] for r in runs if r[name] is not None]
-      summary[mode][name] = ({"mean": float(np.mean(values)),
-                              "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
-                              "n": len(values)} if values else None)
-  comparisons = {}
-  for a, b in comparison_pairs(per_mode):
-    comparisons[f"{a} vs {b}"] = {
-        name: compare([r[name] for r in per_mode[a]], [r[name] for r in per_mode[b]])
-        for name in METRICS}
-  # One family: every comparison on the metrics of the printed table, paired p-values.
-  family = {(c, m): tests[m]["paired_p"] for c, tests in comparisons.items() for m in FAMILY
-            if tests[m]["mean_difference"] is not None}
-  for (c, m), adjusted in holm(family).items():
-    comparisons[c][m]["paired_p_holm"] = adjusted
-  return summary, comparisons
-
-
-def plot(summary: dict, path: pathlib.Path, title: str) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  modes = list(summary)
-  groups = [measured(summary, REPRESENTATION),
-            measured(summary, ("fn_precision_batch", "fn_recall_batch", "fn_precision_dataset",
-                               "fn_recall_dataset"))]
-  fig, axes = plt.subplots(1, 2, figsize=(13, 4.2), gridspec_kw={"width_ratios": [1, 1]})
-  width = 0.8 / len(modes)
-  for ax, names in zip(axes, groups):
-    for k, mode in enumerate(modes):
-      means = [100 * (summary[mode][n] or {}).get("mean", np.nan) for n in names]
-      stds = [100 * (summary[mode][n] or {}).get("std", np.nan) for n in names]
-      ax.bar(np.arange(len(names)) + (k - (len(modes) - 1) / 2) * width, means, width,
-             yerr=stds, capsize=2, label=mode)
-    ax.set_xticks(np.arange(len(names)))
-    ax.set_xticklabels([METRICS[n][0].replace(" (", "\n(") for n in names], fontsize=7)
-    ax.set_ylabel("%")
-  low = min(100 * (summary[m][n] or {"mean": 1})["mean"] for m in modes for n in groups[0])
-  axes[0].set_ylim(max(0, low - 8), 100.5)
-  axes[0].set_title("representation (mean +- std over seeds)")
-  axes[1].set_title("false-negative detection")
-  axes[1].legend(fontsize=7)
-  fig.suptitle(title, fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-
-
-def fmt(entry) -> str:
-  return "-" if entry is None else f"{100 * entry['mean']:.2f} +- {100 * entry['std']:.2f}"
-
-
-def measured(summary: dict, names) -> list[str]:
-  """The metrics of ``names`` that some arm measured (a recipe's probes decide which exist)."""
-  return [n for n in names if any(summary[arm][n] is not None for arm in summary)]
 
 
 def parse_args(argv):
@@ -459,49 +344,28 @@ def main(argv=None):
   per_mode, raw = {}, {}
   for run in runs:
     arm, seed = run.settings["arm"], run.settings["seed"]
-    values = metric_values(results[run.name])
+    values = study_report.metric_values(results[run.name])
     if arm == "none":  # nothing is flagged: precision and recall are undefined, not 0
-      values.update({name: None for name in METRICS if name.startswith("fn_")})
+      values.update({name: None for name in study_report.METRICS if name.startswith("fn_")})
     per_mode.setdefault(arm, []).append(values)
     raw.setdefault(arm, []).append({"seed": seed, **values})
-  summary, comparisons = summarize(per_mode)
+  summary, comparisons = study_report.summarize(per_mode, comparison_pairs(per_mode))
   epochs = kw["epochs"] or base.epochs
   batch_size = args.batch_size or base.batch_size
   report = {"benchmark": args.name, "quick": args.quick, "machine": common.machine(),
             "config": str(args.config.resolve().relative_to(ROOT)), "epochs": epochs,
             "batch_size": batch_size, "alpha": alpha, "start_epoch": start, "tau_w": tau_w,
             "seeds": list(seeds), "tuning": tuning,
-            "metrics": {name: label for name, (label, _) in METRICS.items()},
+            "metrics": {name: label for name, (label, _) in study_report.METRICS.items()},
             "summary": summary, "runs": raw, "comparisons": comparisons,
             "wall_s": time.time() - started}
   common.write_json(report, out)
-  plot(summary, plot_path, f"SogCLR on {base.data.name}, batch {batch_size}, {epochs} epochs, "
-       f"{len(seeds)} seed(s), alpha={alpha:g}, start epoch {start}")
-  print_tables(summary, comparisons)
+  study_report.plot(summary, plot_path,
+                    f"SogCLR on {base.data.name}, batch {batch_size}, {epochs} epochs, "
+                    f"{len(seeds)} seed(s), alpha={alpha:g}, start epoch {start}")
+  study_report.print_tables(summary, comparisons)
   print(f"wrote {out} and {plot_path}")
   return report
-
-
-def print_tables(summary: dict, comparisons: dict) -> None:
-  columns = measured(summary, METRICS)
-  print(common.markdown_table(
-      ["arm"] + [METRICS[n][0] for n in columns],
-      [[arm] + [fmt(summary[arm][n]) for n in columns] for arm in summary]))
-  print()
-  rows = []
-  p = lambda v: "-" if v is None else f"{v:.3f}"
-  for name, per_metric in comparisons.items():
-    for metric in FAMILY:
-      test = per_metric[metric]
-      if test["mean_difference"] is None:
-        continue
-      holm_p = test.get("paired_p_holm")
-      rows.append([name, METRICS[metric][0], f"{100 * test['mean_difference']:+.2f}",
-                   p(test["welch_p"]), p(test["paired_p"]), p(holm_p),
-                   "yes" if holm_p is not None and holm_p < 0.05 else "no"])
-  print(common.markdown_table(["comparison", "metric", "mean diff (pts)", "Welch p",
-                               "paired p", "paired p, Holm", "significant (Holm, 0.05)"], rows))
-  print(f"{len(rows)} tests.")
 
 
 if __name__ == "__main__":

@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import json
 import pathlib
-import sys
 
 import pytest
+import quality_study  # benchmarks/ is on the path (pyproject: pytest pythonpath)
+import study_runs
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import quality_study  # noqa: E402  (a script folder, put on the path above)
-import study_runs  # noqa: E402
-
 CONFIG = ROOT / "configs" / "digits_sogclr_glofnd.py"
 
 
