@@ -13,8 +13,11 @@ training set).
 
 Protocol:
 
-1. Tuning (GloFND only, validation split only): a grid over ``alpha`` and the start epoch
-   (``start_update_epoch = start_mask_epoch``) on tuning seeds disjoint from the test seeds, then,
+1. Tuning (GloFND only, validation split only): a grid over ``alpha``, the start epoch
+   (``start_update_epoch = start_mask_epoch``) and, with ``--lambda-inits constant,quantile``,
+   how lambda starts (``lam_init`` then Adam steps, the paper's; or ``init_quantile``: the
+   mini-batch quantile during the start epoch, for schedules too short for Adam's steps of about
+   ``lr`` per epoch to bring lambda down from 1) on tuning seeds disjoint from the test seeds, then,
    when a ``reweight`` arm is studied, ``tau_w`` for ``glofnd+reweight`` at the chosen pair; each
    run is evaluated with the validation split standing in for the test split (the probe then
    picks C on 10 % held out of train), so the test split is never read. The score is the mean of
@@ -39,7 +42,7 @@ stops the study cleanly after S seconds (rerun to continue). Writes
 ``benchmarks/results/quality_study.json`` and ``quality_study.png``.
 
     python benchmarks/quality_study.py [--quick] [--seeds 5] [--modes ARM,...] [--batch-size B]
-        [--config FILE] [--epochs E] [--alphas A,...] [--starts E,...]
+        [--config FILE] [--epochs E] [--alphas A,...] [--starts E,...] [--lambda-inits I,...]
         [--no-tune --alpha A --start E --tau-w T] [--out FILE] [--cache DIR] [--store DIR]
         [--jobs N] [--time-limit S]
 
@@ -70,6 +73,7 @@ MODES = ("none", "fnd", "glofnd", "glofnd_shared", "oracle")
 ALPHAS = (0.02, 0.05, 0.1)
 STARTS = (10, 20)
 TAU_WS = (0.02, 0.05, 0.1)
+LAMBDA_INITS = {"constant": False, "quantile": True}  # -> glofnd.init_quantile
 TREATMENTS = ("attract", "reweight")  # arm suffixes; no suffix is "remove"
 ABLATIONS = ("per_sample",)
 TUNING_SEEDS = (100, 101)
@@ -101,7 +105,8 @@ def arm_name(mode: str, treatment: str = "remove", per_sample: bool = False) -> 
 
 def make_config(config_path: pathlib.Path, arm: str, seed: int, alpha: float, start: int, *,
                 epochs: int | None, on_validation: bool, probe_fractions=None,
-                batch_size: int | None = None, tau_w: float | None = None):
+                batch_size: int | None = None, tau_w: float | None = None,
+                init_quantile: bool | None = None):
   c = load_config_file(config_path)
   c.seed = seed
   if batch_size is not None:
@@ -112,6 +117,8 @@ def make_config(config_path: pathlib.Path, arm: str, seed: int, alpha: float, st
   c.glofnd.per_sample_steps = parsed["per_sample"]
   if tau_w is not None:
     c.glofnd.tau_w = tau_w
+  if init_quantile is not None:  # None: the recipe's (the paper's constant start, lam_init)
+    c.glofnd.init_quantile = init_quantile
   c.glofnd.alpha = alpha
   c.glofnd.start_update_epoch = start
   c.glofnd.start_mask_epoch = start
@@ -134,21 +141,23 @@ def make_run(name: str, **settings) -> study_runs.Run:
 
 
 def validation_scores(config_path, results_of, arm, points, seeds, **kw) -> list[tuple]:
-  """For each ``(alpha, start, tau_w)`` of ``points``: the mean over ``seeds`` of (kNN top-1 +
-  first-probe accuracy) / 2 on the validation split, and the per-seed scores."""
+  """For each point of ``points`` (``make_config`` settings: alpha, start and optionally tau_w,
+  init_quantile): the mean over ``seeds`` of (kNN top-1 + first-probe accuracy) / 2 on the
+  validation split, and the per-seed scores."""
   runs = {}
-  for alpha, start, tau_w in points:
-    name = f"tune_{arm}_a{alpha:g}_s{start}" + ("" if tau_w is None else f"_t{tau_w:g}")
+  for k, point in enumerate(points):
+    name = (f"tune_{arm}_a{point['alpha']:g}_s{point['start']}"
+            + ("_iq" if point.get("init_quantile") else "")
+            + ("" if point.get("tau_w") is None else f"_t{point['tau_w']:g}"))
     for seed in seeds:
-      runs[alpha, start, tau_w, seed] = make_run(
-          f"{name}_seed{seed}", config_path=config_path, arm=arm, seed=seed, alpha=alpha,
-          start=start, tau_w=tau_w, on_validation=True, **kw)
+      runs[k, seed] = make_run(f"{name}_seed{seed}", config_path=config_path, arm=arm, seed=seed,
+                               on_validation=True, **point, **kw)
   results = results_of(list(runs.values()))  # every point's runs at once: one phase
   out = []
-  for point in points:
+  for k in range(len(points)):
     scores = []
     for seed in seeds:
-      r = results[runs[(*point, seed)].name]
+      r = results[runs[k, seed].name]
       probe = r["linear_probe"][next(iter(r["linear_probe"]))]
       scores.append({"knn_top1": r["knn"]["top1"], "probe": probe["accuracy"]})
     out.append((float(np.mean([(s["knn_top1"] + s["probe"]) / 2 for s in scores])), scores))
@@ -156,21 +165,30 @@ def validation_scores(config_path, results_of, arm, points, seeds, **kw) -> list
 
 
 def tune(config_path: pathlib.Path, results_of, *, alphas, starts, seeds, log, tau_ws=(),
-         **kw) -> dict:
-  grid = list(itertools.product(alphas, starts))
+         init_quantiles=(False,), **kw) -> dict:
+  """The grid ``alphas x starts x init_quantiles`` for GloFND's removal, then ``tau_ws`` for
+  ``glofnd+reweight`` at the best point; ties go to the first in grid order."""
+  grid = [{"alpha": a, "start": s, "init_quantile": q}
+          for q, a, s in itertools.product(init_quantiles, alphas, starts)]
+  # The paper's constant start keeps the settings (and run names) of a grid without the choice.
+  points = [p if p["init_quantile"] else {"alpha": p["alpha"], "start": p["start"]} for p in grid]
   rows = []
-  for (alpha, start), (score, scores) in zip(grid, validation_scores(
-      config_path, results_of, "glofnd", [(a, s, None) for a, s in grid], seeds, **kw)):
-    rows.append({"alpha": alpha, "start_epoch": start, "val_score": score, "per_seed": scores})
-    log(f"tuning alpha={alpha:g} start={start}: val score {score:.4f}")
-  best = max(rows, key=lambda r: r["val_score"])  # ties: the first in grid order
+  for p, (score, scores) in zip(grid, validation_scores(config_path, results_of, "glofnd",
+                                                        points, seeds, **kw)):
+    rows.append({"alpha": p["alpha"], "start_epoch": p["start"],
+                 "init_quantile": p["init_quantile"], "val_score": score, "per_seed": scores})
+    log(f"tuning alpha={p['alpha']:g} start={p['start']}"
+        f"{' init_quantile' if p['init_quantile'] else ''}: val score {score:.4f}")
+  best_index = max(range(len(rows)), key=lambda k: (rows[k]["val_score"], -k))
+  best, best_point = rows[best_index], points[best_index]
   tuned = {"grid": rows, "alpha": best["alpha"], "start_epoch": best["start_epoch"],
-           "tau_w": None, "seeds": list(seeds), "criterion": "mean over tuning seeds of (kNN "
-           "top-1 + the first probe's accuracy) / 2 on the validation split"}
-  tau_rows = []  # at the chosen (alpha, start): the detector is tuned once, for removal
-  points = [(best["alpha"], best["start_epoch"], tau_w) for tau_w in tau_ws]
+           "init_quantile": best["init_quantile"], "tau_w": None, "seeds": list(seeds),
+           "criterion": "mean over tuning seeds of (kNN top-1 + the first probe's accuracy) / 2 "
+           "on the validation split"}
+  tau_rows = []  # at the chosen point: the detector is tuned once, for removal
+  tau_points = [{**best_point, "tau_w": tau_w} for tau_w in tau_ws]
   for tau_w, (score, scores) in zip(tau_ws, validation_scores(
-      config_path, results_of, "glofnd+reweight", points, seeds, **kw) if points else []):
+      config_path, results_of, "glofnd+reweight", tau_points, seeds, **kw) if tau_points else []):
     tau_rows.append({"tau_w": tau_w, "val_score": score, "per_seed": scores})
     log(f"tuning tau_w={tau_w:g}: val score {score:.4f}")
   if tau_rows:
@@ -210,6 +228,10 @@ def parse_args(argv):
   parser.add_argument("--epochs", type=int, default=None, help="instead of the recipe's")
   parser.add_argument("--alphas", default=",".join(map(str, ALPHAS)), help="tuning grid")
   parser.add_argument("--starts", default=",".join(map(str, STARTS)), help="tuning grid")
+  parser.add_argument("--lambda-inits", default="constant",
+                      help="tuning grid of lambda's start: constant (lam_init, then Adam: the "
+                           "paper's) and/or quantile (glofnd.init_quantile: the mini-batch "
+                           "quantile during the start epoch)")
   parser.add_argument("--tau-ws", default=",".join(map(str, TAU_WS)),
                       help="tuning grid of tau_w (only when a +reweight arm is studied)")
   parser.add_argument("--tune-probe", type=float, default=1.0,
@@ -241,6 +263,10 @@ def parse_args(argv):
                            "in, e.g. one added since they ran whose default keeps their behaviour")
   parser.add_argument("--name", default="quality_study", help="the report's name and JSON file")
   args = parser.parse_args(argv)
+  unknown = set(args.lambda_inits.split(",")) - set(LAMBDA_INITS)
+  if unknown:
+    parser.error(f"--lambda-inits {args.lambda_inits}: {', '.join(sorted(unknown))} is not one "
+                 f"of {', '.join(LAMBDA_INITS)}")
   if args.jobs < 1:
     parser.error(f"--jobs {args.jobs}: give 1 or more runs at a time")
   return args
@@ -275,7 +301,7 @@ def planned_runs(args) -> int:
   if args.quick:
     return len(arms)
   tuning = 0 if args.no_tune else len(TUNING_SEEDS) * (
-      len(args.alphas.split(",")) * len(args.starts.split(","))
+      len(args.alphas.split(",")) * len(args.starts.split(",")) * len(args.lambda_inits.split(","))
       + (len(args.tau_ws.split(",")) if any("+reweight" in a for a in arms) else 0))
   return tuning + len(arms) * args.seeds
 
@@ -312,7 +338,7 @@ def main(argv=None):
         study_runs.results_of, cache=cache, store=store, jobs=args.jobs, log=log,
         deadline=None if args.time_limit is None else started + args.time_limit,
         ignore=tuple(args.ignore_field))
-    tau_w = args.tau_w
+    tau_w, init_quantile = args.tau_w, None
     if args.quick:
       seeds, kw["epochs"] = (0,), 2
       alpha, start, tuning = base.glofnd.alpha, 1, None
@@ -327,17 +353,22 @@ def main(argv=None):
       else:
         alphas, starts = floats(args.alphas), tuple(int(v) for v in floats(args.starts))
         tau_ws = floats(args.tau_ws) if any("+reweight" in a for a in arms) else ()
-        log(f"tuning on validation: alpha in {alphas}, start in {starts}, tau_w in {tau_ws}, "
-            f"seeds {TUNING_SEEDS}")
+        inits = args.lambda_inits.split(",")
+        log(f"tuning on validation: alpha in {alphas}, start in {starts}, lambda start in "
+            f"{tuple(inits)}, tau_w in {tau_ws}, seeds {TUNING_SEEDS}")
         tuning = tune(args.config, results_of, alphas=alphas, starts=starts,
                       seeds=TUNING_SEEDS, log=log, tau_ws=tau_ws,
+                      init_quantiles=tuple(LAMBDA_INITS[v] for v in inits),
                       probe_fractions=(args.tune_probe,), **kw)
         alpha, start, tau_w = tuning["alpha"], tuning["start_epoch"], tuning["tau_w"]
+        init_quantile = tuning["init_quantile"] or None  # constant: the recipe's settings
     log(f"test runs: arms {', '.join(arms)}, seeds {list(seeds)}, alpha {alpha:g}, "
-        f"start epoch {start}" + ("" if tau_w is None else f", tau_w {tau_w:g}"))
+        f"start epoch {start}" + (", lambda from the batch quantile" if init_quantile else "")
+        + ("" if tau_w is None else f", tau_w {tau_w:g}"))
     runs = [make_run(f"{arm}_seed{seed}", config_path=args.config, arm=arm, seed=seed,
                      alpha=alpha, start=start, on_validation=False,
-                     probe_fractions=probe_fractions, tau_w=tau_w, **kw)
+                     probe_fractions=probe_fractions, tau_w=tau_w,
+                     **({"init_quantile": True} if init_quantile else {}), **kw)
             for seed in seeds for arm in arms]  # seed-major: early seeds have every arm first
     results = results_of(runs)
 
@@ -355,6 +386,7 @@ def main(argv=None):
   report = {"benchmark": args.name, "quick": args.quick, "machine": common.machine(),
             "config": str(args.config.resolve().relative_to(ROOT)), "epochs": epochs,
             "batch_size": batch_size, "alpha": alpha, "start_epoch": start, "tau_w": tau_w,
+            "init_quantile": bool(init_quantile),
             "seeds": list(seeds), "tuning": tuning,
             "metrics": {name: label for name, (label, _) in study_report.METRICS.items()},
             "summary": summary, "runs": raw, "comparisons": comparisons,
@@ -362,7 +394,8 @@ def main(argv=None):
   common.write_json(report, out)
   study_report.plot(summary, plot_path,
                     f"SogCLR on {base.data.name}, batch {batch_size}, {epochs} epochs, "
-                    f"{len(seeds)} seed(s), alpha={alpha:g}, start epoch {start}")
+                    f"{len(seeds)} seed(s), alpha={alpha:g}, start epoch {start}"
+                    + (", lambda from the batch quantile" if init_quantile else ""))
   study_report.print_tables(summary, comparisons)
   print(f"wrote {out} and {plot_path}")
   return report

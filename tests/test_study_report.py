@@ -6,6 +6,7 @@ that Holm adjusts over, and the comparisons ``quality_study`` picks for the trea
 
 from __future__ import annotations
 
+import pathlib
 
 import numpy as np
 import pytest
@@ -98,3 +99,31 @@ def test_treatment_study_comparisons():
           ("glofnd+reweight", "glofnd")} <= pairs  # treatment vs removal
   assert ("glofnd+per_sample", "glofnd") in pairs  # the bias-correction ablation
   assert len(pairs) == 8 + 3 + 4 + 1
+
+
+def test_tuning_grid_over_lambda_start():
+  """The grid covers alpha x start x lambda start; constant-start runs keep their old names (so
+  stored runs are reused); reweight's tau_w is tuned at the winning point."""
+  seen = []
+
+  def fake_results_of(runs):
+    seen.extend(runs)
+    out = {}
+    for run in runs:
+      quantile = run.config.glofnd.init_quantile
+      knn = 0.5 + (0.1 if quantile else 0.0) + run.config.glofnd.alpha  # best: quantile, 0.02
+      out[run.name] = {"knn": {"top1": knn}, "linear_probe": {"0.1": {"accuracy": knn}}}
+    return out
+
+  config = pathlib.Path(quality_study.ROOT / "configs" / "digits_sogclr_glofnd.py")
+  tuned = quality_study.tune(config, fake_results_of, alphas=(0.01, 0.02), starts=(2,),
+                             seeds=(100, 101), log=lambda line: None, tau_ws=(0.05,),
+                             init_quantiles=(False, True), epochs=2)
+  assert (tuned["alpha"], tuned["start_epoch"], tuned["init_quantile"]) == (0.02, 2, True)
+  names = [run.name for run in seen]
+  assert "tune_glofnd_a0.01_s2_seed100" in names  # the constant start: no suffix
+  assert "tune_glofnd_a0.02_s2_iq_seed101" in names
+  assert [n for n in names if "reweight" in n] == ["tune_glofnd+reweight_a0.02_s2_iq_t0.05_seed100",
+                                                   "tune_glofnd+reweight_a0.02_s2_iq_t0.05_seed101"]
+  assert all(run.config.glofnd.init_quantile == ("_iq" in run.name) for run in seen)
+  assert len(tuned["grid"]) == 4 and tuned["tau_w"] == 0.05
