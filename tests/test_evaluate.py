@@ -173,6 +173,23 @@ def test_linear_probe_selects_c_with_validation_set():
   assert entry["c"] == grid[int(np.argmax(val_acc))]
 
 
+def test_probe_fits_run_blas_on_one_thread(monkeypatch):
+  """Machine-independent probes: lbfgs sums in one order whatever the core count."""
+  from threadpoolctl import threadpool_info
+  seen = []
+  fit = probe_lib.LogisticRegression.fit
+
+  def recording_fit(self, x, y):
+    seen.append([pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"])
+    return fit(self, x, y)
+
+  monkeypatch.setattr(probe_lib.LogisticRegression, "fit", recording_fit)
+  train_x, train_y, test_x, test_y = _probe_data(seed=5)
+  evaluate.linear_probe_fractions(train_x, train_y, test_x, test_y, fractions=(1.0,),
+                                  c_grid=(0.1, 1.0))
+  assert len(seen) == 2 and all(threads and set(threads) == {1} for threads in seen)
+
+
 # --------------------------------------------------------------------- frozen-backbone proof
 
 
