@@ -49,6 +49,8 @@ COMMANDS = {
                     "siglip_ring"),
     "input_pipeline": (lambda out: [sys.executable, "input_pipeline.py", "--quick", "--out", out],
                        "input_pipeline"),
+    "eval_cost": (lambda out: [sys.executable, "eval_cost.py", "--quick", "--out", out],
+                  "eval_cost"),
 }
 
 
