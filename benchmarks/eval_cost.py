@@ -20,7 +20,6 @@ import jax
 import numpy as np
 
 from glofnd_jax import evaluation as ev
-from glofnd_jax.evaluation import linear_probe
 
 GLYPHS = {"num_train": 39680, "num_test": 4960, "feature_dim": 256, "proj_dim": 128,
           "num_classes": 62}
@@ -41,12 +40,9 @@ def timed(fn):
 
 
 def probe_fits(train_h, train_y, test_h, test_y, fractions, threads) -> float:
-  linear_probe.BLAS_THREADS = threads
-  try:
-    seconds, _ = timed(lambda: ev.linear_probe_fractions(train_h, train_y, test_h, test_y,
-                                                         fractions=fractions, seed=0))
-  finally:
-    linear_probe.BLAS_THREADS = 1
+  seconds, _ = timed(lambda: ev.linear_probe_fractions(train_h, train_y, test_h, test_y,
+                                                       fractions=fractions, seed=0,
+                                                       blas_threads=threads))
   return seconds
 
 

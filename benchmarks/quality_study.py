@@ -170,17 +170,15 @@ def tune(config_path: pathlib.Path, results_of, *, alphas, starts, seeds, log, t
   ``glofnd+reweight`` at the best point; ties go to the first in grid order."""
   grid = [{"alpha": a, "start": s, "init_quantile": q}
           for q, a, s in itertools.product(init_quantiles, alphas, starts)]
-  # The paper's constant start keeps the settings (and run names) of a grid without the choice.
-  points = [p if p["init_quantile"] else {"alpha": p["alpha"], "start": p["start"]} for p in grid]
   rows = []
   for p, (score, scores) in zip(grid, validation_scores(config_path, results_of, "glofnd",
-                                                        points, seeds, **kw)):
+                                                        grid, seeds, **kw)):
     rows.append({"alpha": p["alpha"], "start_epoch": p["start"],
                  "init_quantile": p["init_quantile"], "val_score": score, "per_seed": scores})
     log(f"tuning alpha={p['alpha']:g} start={p['start']}"
         f"{' init_quantile' if p['init_quantile'] else ''}: val score {score:.4f}")
   best_index = max(range(len(rows)), key=lambda k: (rows[k]["val_score"], -k))
-  best, best_point = rows[best_index], points[best_index]
+  best, best_point = rows[best_index], grid[best_index]
   tuned = {"grid": rows, "alpha": best["alpha"], "start_epoch": best["start_epoch"],
            "init_quantile": best["init_quantile"], "tau_w": None, "seeds": list(seeds),
            "criterion": "mean over tuning seeds of (kNN top-1 + the first probe's accuracy) / 2 "
@@ -361,14 +359,14 @@ def main(argv=None):
                       init_quantiles=tuple(LAMBDA_INITS[v] for v in inits),
                       probe_fractions=(args.tune_probe,), **kw)
         alpha, start, tau_w = tuning["alpha"], tuning["start_epoch"], tuning["tau_w"]
-        init_quantile = tuning["init_quantile"] or None  # constant: the recipe's settings
+        init_quantile = tuning["init_quantile"]
     log(f"test runs: arms {', '.join(arms)}, seeds {list(seeds)}, alpha {alpha:g}, "
         f"start epoch {start}" + (", lambda from the batch quantile" if init_quantile else "")
         + ("" if tau_w is None else f", tau_w {tau_w:g}"))
     runs = [make_run(f"{arm}_seed{seed}", config_path=args.config, arm=arm, seed=seed,
                      alpha=alpha, start=start, on_validation=False,
                      probe_fractions=probe_fractions, tau_w=tau_w,
-                     **({"init_quantile": True} if init_quantile else {}), **kw)
+                     init_quantile=init_quantile, **kw)
             for seed in seeds for arm in arms]  # seed-major: early seeds have every arm first
     results = results_of(runs)
 

@@ -36,7 +36,6 @@ from threadpoolctl import threadpool_limits
 
 DEFAULT_FRACTIONS = (1.0, 0.1, 0.01)
 DEFAULT_C_GRID = (0.01, 0.1, 1.0, 10.0)
-BLAS_THREADS = 1  # per fit (see _fit); None leaves BLAS its own thread count
 
 
 def fraction_key(fraction: float) -> str:
@@ -94,16 +93,18 @@ def split_validation(labels, val_fraction: float, seed: int = 0) -> tuple[np.nda
   return np.sort(np.concatenate(pool)), np.sort(np.concatenate(val))
 
 
-def _fit(x, y, c: float, max_iter: int, seed: int) -> tuple[LogisticRegression, bool]:
+def _fit(x, y, c: float, max_iter: int, seed: int,
+         blas_threads: int | None = 1) -> tuple[LogisticRegression, bool]:
   """One logistic regression; returns it and whether lbfgs converged.
 
-  BLAS runs on one thread: a threaded BLAS sums in an order that depends on the thread count, so
-  lbfgs would take another path (and give another accuracy) on a machine with other cores; and
-  beside training jobs its spinning threads made the small fits ~15x slower (45 s instead of 3 s
-  for 3,600 x 256 features, 62 classes).
+  BLAS runs on ``blas_threads`` threads (None: BLAS's own count), by default one: a threaded
+  BLAS sums in an order that depends on the thread count, so lbfgs would take another path (and
+  give another accuracy) on a machine with other cores; and beside training jobs its spinning
+  threads made the small fits ~15x slower (45 s instead of 3 s for 3,600 x 256 features, 62
+  classes).
   """
   model = LogisticRegression(C=c, solver="lbfgs", max_iter=max_iter, random_state=seed)
-  with warnings.catch_warnings(), threadpool_limits(limits=BLAS_THREADS, user_api="blas"):
+  with warnings.catch_warnings(), threadpool_limits(limits=blas_threads, user_api="blas"):
     # Non-convergence is reported in the results instead of as a warning per fit.
     warnings.simplefilter("ignore", ConvergenceWarning)
     model.fit(x, y)
@@ -111,7 +112,8 @@ def _fit(x, y, c: float, max_iter: int, seed: int) -> tuple[LogisticRegression, 
 
 
 def select_c(train_x, train_y, val_x, val_y, c_grid=DEFAULT_C_GRID, max_iter: int = 1000,
-             seed: int = 0) -> tuple[LogisticRegression, float, list[float], bool]:
+             seed: int = 0, blas_threads: int | None = 1
+             ) -> tuple[LogisticRegression, float, list[float], bool]:
   """Fits one model per C and keeps the best on validation. Sees no test data by construction.
 
   Args:
@@ -120,6 +122,7 @@ def select_c(train_x, train_y, val_x, val_y, c_grid=DEFAULT_C_GRID, max_iter: in
     c_grid: inverse regularisation strengths to try.
     max_iter: lbfgs iteration cap.
     seed: passed to scikit-learn.
+    blas_threads: BLAS threads per fit (see ``_fit``).
 
   Returns:
     (best model, its C, validation accuracy per C in grid order, whether the best model converged).
@@ -130,7 +133,7 @@ def select_c(train_x, train_y, val_x, val_y, c_grid=DEFAULT_C_GRID, max_iter: in
   best = None
   val_accuracies = {}
   for c in sorted(c_grid):
-    model, converged = _fit(train_x, train_y, c, max_iter, seed)
+    model, converged = _fit(train_x, train_y, c, max_iter, seed, blas_threads)
     accuracy = float(np.mean(model.predict(val_x) == val_y))
     val_accuracies[c] = accuracy
     if best is None or accuracy > best[2]:
@@ -142,7 +145,7 @@ def select_c(train_x, train_y, val_x, val_y, c_grid=DEFAULT_C_GRID, max_iter: in
 def linear_probe_fractions(train_features, train_labels, test_features, test_labels, *,
                  fractions=DEFAULT_FRACTIONS, val_features=None, val_labels=None,
                  val_fraction: float = 0.1, c_grid=DEFAULT_C_GRID, max_iter: int = 1000,
-                 seed: int = 0) -> dict:
+                 seed: int = 0, blas_threads: int | None = 1) -> dict:
   """Test accuracy of a linear classifier on frozen features, per label fraction.
 
   Args:
@@ -157,6 +160,8 @@ def linear_probe_fractions(train_features, train_labels, test_features, test_lab
     c_grid: logistic-regression C values tried on validation.
     max_iter: lbfgs iteration cap.
     seed: seeds the validation split, the subsets and scikit-learn.
+    blas_threads: BLAS threads per fit; 1 (the default) makes the result independent of the
+      machine's core count (see ``_fit``).
 
   Returns:
     ``{fraction_key(f): entry}`` in the order of ``fractions``, each entry
@@ -194,7 +199,7 @@ def linear_probe_fractions(train_features, train_labels, test_features, test_lab
   for fraction in fractions:
     subset = class_balanced_subset(pool_y, fraction, seed)
     model, c, val_accuracies, converged = select_c(pool_x[subset], pool_y[subset], val_x, val_y,
-                                                   c_grid, max_iter, seed)
+                                                   c_grid, max_iter, seed, blas_threads)
     results[fraction_key(fraction)] = {
         "label_fraction": float(fraction),
         "accuracy": float(np.mean(model.predict(test_x) == test_y)),
